@@ -1,0 +1,80 @@
+"""Find the checkpoints under a PATH: one file, one checkpoint folder, or a run folder of many."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adamscope.errors import AdamscopeError, UnsupportedFormatError
+
+log = logging.getLogger(__name__)
+
+# checkpoint-N, step_N, step-N, stepN, global_stepN, iter_N, `*step=N*.ckpt`, ckpt_N.pt ...
+_STEP_IN_NAME = re.compile(
+    r"(?:checkpoint|global_step|step|iter|iteration|ckpt)[-_=]?(\d+)", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One checkpoint to analyse: its path and the step its name suggests (for ordering)."""
+
+    path: Path
+    name_step: int | None
+    reader: type
+
+
+def step_from_name(path: Path) -> int | None:
+    m = None
+    for m in _STEP_IN_NAME.finditer(path.name):
+        pass
+    return int(m.group(1)) if m else None
+
+
+def discover(path: Path) -> list[Found]:
+    """List the checkpoints at `path` in step order.
+
+    Raises:
+        AdamscopeError: the path does not exist or holds no checkpoint adamscope can read.
+    """
+    from adamscope.readers import registry
+
+    if not path.exists():
+        raise AdamscopeError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [Found(path, step_from_name(path), registry.detect(path))]
+    children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    stepped = [c for c in children if step_from_name(c) is not None]
+    found: list[Found] = []
+    for child in stepped:
+        try:
+            reader = registry.detect(child)
+        except AdamscopeError:
+            continue
+        found.append(Found(child, step_from_name(child), reader))
+    if len(found) >= 2 or (found and not _probe_quiet(path)):
+        found.sort(key=lambda f: (f.name_step if f.name_step is not None else -1, f.path.name))
+        return found
+    try:
+        return [Found(path, step_from_name(path), registry.detect(path))]
+    except UnsupportedFormatError:
+        if found:
+            return found
+        listing = ", ".join(c.name for c in children[:12]) or "nothing"
+        more = f" (+{len(children) - 12} more)" if len(children) > 12 else ""
+        raise UnsupportedFormatError(
+            f"{path}: no checkpoint found; the folder holds {listing}{more}. Expected a checkpoint "
+            "file/folder or a run folder of checkpoint-N, step_N, global_stepN or *step=N*.ckpt entries"
+        ) from None
+
+
+def _probe_quiet(path: Path) -> bool:
+    from adamscope.readers import registry
+
+    try:
+        registry.detect(path)
+    except AdamscopeError:
+        return False
+    return True

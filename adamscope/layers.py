@@ -1,0 +1,69 @@
+"""Group parameter names into the layers a user thinks of (embedding, block i, head) in depth order."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# `<stack>.<index>.` where stack is how transformer implementations name their block list.
+_BLOCK = re.compile(
+    r"^(?P<prefix>(?:.*\.)?(?:h|layers|layer|blocks|block|decoder_layers|encoder_layers|resblocks))"
+    r"\.(?P<idx>\d+)(?:\.|$)"
+)
+_EMBED = re.compile(
+    r"(?:^|\.)(?:wte|wpe|embed\w*|\w*_embeddings?|tok_embeddings|word_embeddings|position_embeddings"
+    r"|embeddings|shared|emb)(?:\.|$)"
+)
+_HEAD = re.compile(
+    r"(?:^|\.)(?:lm_head|ln_f|final_layer_norm|final_layernorm|norm_f|head|output|score|classifier"
+    r"|output_layer|final_norm)(?:\.|$)|^(?:model\.|transformer\.|decoder\.)?norm\.(?:weight|bias)$"
+)
+
+
+@dataclass(frozen=True)
+class LayerOf:
+    layer: str
+    depth: int
+
+
+def assign_layers(names: Sequence[str]) -> dict[str, LayerOf]:
+    """Map each parameter name to its layer and depth.
+
+    Depth order: embedding (0), then blocks by stack (in order of first appearance) and index, then
+    tensors that match no pattern ("other"), then the head. A single block stack is named
+    `block.<i>`; several stacks (encoder/decoder) keep their prefix: `<prefix>.<i>`.
+    """
+    kinds: dict[str, tuple[str, str | None, int | None]] = {}
+    prefixes: list[str] = []
+    for name in names:
+        m = _BLOCK.match(name)
+        if m:
+            prefix = m.group("prefix")
+            if prefix not in prefixes:
+                prefixes.append(prefix)
+            kinds[name] = ("block", prefix, int(m.group("idx")))
+        elif _EMBED.search(name):
+            kinds[name] = ("embedding", None, None)
+        elif _HEAD.search(name):
+            kinds[name] = ("head", None, None)
+        else:
+            kinds[name] = ("other", None, None)
+
+    single = len(prefixes) <= 1
+    order: list[tuple[tuple[int, int, int], str]] = []
+    layer_of_name: dict[str, str] = {}
+    for name, (kind, prefix, idx) in kinds.items():
+        if kind == "block":
+            assert prefix is not None and idx is not None
+            layer = f"block.{idx}" if single else f"{prefix}.{idx}"
+            key = (1, prefixes.index(prefix), idx)
+        else:
+            layer = kind
+            key = {"embedding": (0, 0, 0), "other": (2, 0, 0), "head": (3, 0, 0)}[kind]
+        layer_of_name[name] = layer
+        order.append((key, layer))
+    depth_of: dict[str, int] = {}
+    for _, layer in sorted(set(order)):
+        depth_of.setdefault(layer, len(depth_of))
+    return {n: LayerOf(layer_of_name[n], depth_of[layer_of_name[n]]) for n in names}

@@ -1,0 +1,62 @@
+"""A rich progress display for long analyses (checkpoints and tensors); silent when disabled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+
+class RichProgress:
+    """Two bars: checkpoints of the run, and elements streamed in the current checkpoint."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._ckpt: Any = None
+        self._elems: Any = None
+
+    def __enter__(self) -> RichProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            if self._ckpt is not None and et is None:
+                self._progress.update(self._ckpt, completed=self._progress.tasks[self._ckpt].total)
+            self._progress.__exit__(et, ev, tb)
+
+    def checkpoint(self, index: int, total: int, path: Path) -> None:
+        if self._progress is None:
+            return
+        if self._ckpt is None:
+            self._ckpt = self._progress.add_task("checkpoints", total=total)
+            self._elems = self._progress.add_task("tensors", total=None)
+        self._progress.update(self._ckpt, completed=index, description=f"checkpoint {path.name}")
+        self._progress.reset(self._elems, total=None, description="  tensors")
+
+    def tensor(self, name: str, numel: int) -> None:
+        if self._progress is not None and self._elems is not None:
+            self._progress.update(self._elems, advance=1, description=f"  {name[-40:]}")

@@ -1,0 +1,1 @@
+"""Output tables: schemas (every column documented) and atomic Parquet I/O."""

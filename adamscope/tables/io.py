@@ -1,0 +1,53 @@
+"""Atomic writes: every output file appears whole (temp file + rename) or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from adamscope.tables.schema import TABLES
+
+
+def _tmp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Write `df` to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        df.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_DTYPES = {"str": pl.Utf8, "i64": pl.Int64, "f64": pl.Float64}
+
+
+def frame(table: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Build a DataFrame with exactly the schema's columns and dtypes, in schema order."""
+    schema = {c.name: _DTYPES[c.dtype] for c in TABLES[table]}
+    if not rows:
+        return pl.DataFrame(schema=schema)
+    cols = {name: [r.get(name) for r in rows] for name in schema}
+    return pl.DataFrame(cols, schema=schema, strict=False)
