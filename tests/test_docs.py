@@ -1,0 +1,10 @@
+"""Docs generated from code stay in step with it."""
+
+from adamscope.tables.docs import render
+from conftest import ROOT
+
+
+def test_tables_md_matches_schema():
+    assert (ROOT / "docs" / "tables.md").read_text() == render(), (
+        "docs/tables.md is stale: python -m adamscope.tables.docs > docs/tables.md"
+    )
