@@ -1,0 +1,99 @@
+"""Format detection: `detect(path)` tries each reader's probe; `open_checkpoint` builds the reader.
+
+Readers register by appending to READERS (order matters only when two probes could both accept a
+path; the torch-file readers accept files only, most other families are folders).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+from adamscope.errors import UnsupportedFormatError
+from adamscope.readers.base import Reader, ReaderOptions
+
+READERS: list[type[Reader]] = []
+
+
+def register(reader: type[Reader], *, first: bool = False) -> type[Reader]:
+    """Adds a reader class to the detection list (at the front with first=True)."""
+    if reader not in READERS:
+        if first:
+            READERS.insert(0, reader)
+        else:
+            READERS.append(reader)
+    return reader
+
+
+def _register_builtin() -> None:
+    from adamscope.readers.lightning import LightningReader
+    from adamscope.readers.nanogpt import NanoGPTReader
+    from adamscope.readers.torch_optim import TorchOptimReader
+
+    for reader in (NanoGPTReader, LightningReader, TorchOptimReader):
+        register(reader)
+
+
+_register_builtin()
+
+
+def peek_torch(path: Path) -> Any:
+    """The structure of a torch zip file (unknown globals stubbed, no tensor data read), or None
+    when `path` is not a torch zip file. Cached, so that several probes unpickle it once."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _peek_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _peek_cached(path: str, mtime_ns: int, size: int) -> Any:
+    from adamscope.readers.torchzip import is_torch_zip, peek
+
+    return peek(path) if is_torch_zip(Path(path)) else None
+
+
+def detect(path: str | os.PathLike[str]) -> type[Reader]:
+    """The reader class whose probe accepts `path`.
+
+    Raises:
+        UnsupportedFormatError: no reader matches; the message says what was found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UnsupportedFormatError(f"{path}: no such file or directory")
+    for reader in READERS:
+        if reader.probe(path):
+            return reader
+    raise UnsupportedFormatError(f"{path}: no reader recognises it ({describe_found(path)})")
+
+
+def open_checkpoint(path: str | os.PathLike[str], options: ReaderOptions | None = None) -> Reader:
+    """Detects the format of `path` and returns its reader (nothing heavy is read yet)."""
+    reader = detect(path)
+    return reader(Path(path), options=options or ReaderOptions())
+
+
+def describe_found(path: Path) -> str:
+    """A short description of what is at `path`, for 'unsupported' messages."""
+    from adamscope.readers.torchzip import is_legacy_torch
+
+    if path.is_dir():
+        names = sorted(p.name for p in path.iterdir())
+        more = f", ... ({len(names)} entries)" if len(names) > 8 else ""
+        return f"a folder holding {', '.join(names[:8]) or 'nothing'}{more}"
+    tree = peek_torch(path)
+    if isinstance(tree, dict):
+        keys = [str(k) for k in tree]
+        more = ", ..." if len(keys) > 12 else ""
+        return f"a torch.save file with top-level keys {', '.join(keys[:12])}{more}"
+    if tree is not None:
+        return f"a torch.save file holding a {type(tree).__name__}"
+    if is_legacy_torch(path):
+        return "a legacy (pre-1.6, non-zip) torch.save file; re-save it in the zip format"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return f"a file of {path.stat().st_size} bytes starting with {head!r}"

@@ -1,0 +1,394 @@
+"""torch optimizer state_dicts: `iter_adam_states` (shared by every torch-pickle family) and the
+reader for a bare `torch.save(optimizer.state_dict())` file.
+
+Layout (FORMATS.md): `{'state': {id: {'step', 'exp_avg', 'exp_avg_sq'[, 'max_exp_avg_sq']}},
+'param_groups': [{'params': [ids], 'lr', 'betas', ...}]}`; ids are positions in the concatenation of
+the groups' `params` lists and `state` holds only the parameters that were stepped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from adamscope.errors import (
+    CorruptCheckpointError,
+    NamingError,
+    NotAdamError,
+    UnsupportedFormatError,
+)
+from adamscope.readers.base import CheckpointInfo, HyperParams, ReaderOptions, TensorState
+from adamscope.readers.naming import (
+    align_names,
+    is_tensor_like,
+    model_entries,
+    parameter_candidates,
+    strip_compile_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+# state keys of other optimizers -> how to say what the file holds instead of Adam
+_NOT_ADAM = (
+    (("exp_avg_sq_row", "exp_avg_sq_col"), "Adafactor (exp_avg_sq_row/col): not Adam"),
+    (("exp_avg_sq_row",), "Adafactor (exp_avg_sq_row/col): not Adam"),
+    (("momentum_buffer",), "SGD state (momentum_buffer): not Adam"),
+    (("state1", "qmap1"), "bitsandbytes quantized state (state1/qmap1): not a torch Adam state"),
+    (("exp_inf",), "Adamax state (exp_inf): not Adam"),
+    (("square_avg",), "RMSprop/Adadelta state (square_avg): not Adam"),
+    (("sum",), "Adagrad state (sum): not Adam"),
+    (("prev", "step_size"), "Rprop state (prev, step_size): not Adam"),
+    (("exp_avg",), "exp_avg without exp_avg_sq (Lion-like): not Adam"),
+)
+
+
+def is_optim_state_dict(obj: Any) -> bool:
+    """True for something shaped like `optimizer.state_dict()`."""
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("state"), dict)
+        and isinstance(obj.get("param_groups"), list | tuple)
+    )
+
+
+def group_ids(optim_sd: dict, *, source: str) -> list[list[Any]]:
+    """The `params` list of each param group (ids, or names for some FSDP state dicts)."""
+    groups = []
+    for g, group in enumerate(optim_sd["param_groups"]):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list | tuple):
+            raise CorruptCheckpointError(f"{source}: param_groups[{g}] has no 'params' list")
+        groups.append(list(group["params"]))
+    return groups
+
+
+def param_names_from_groups(optim_sd: dict) -> list[str] | None:
+    """Names stored by torch >= 2.6 when the optimizer was built from named_parameters()."""
+    names: list[str] = []
+    for group in optim_sd["param_groups"]:
+        group_names = group.get("param_names")
+        if not isinstance(group_names, list | tuple) or len(group_names) != len(group["params"]):
+            return None
+        names.extend(strip_compile_prefix(str(n)) for n in group_names)
+    return names
+
+
+def state_shapes(optim_sd: dict, *, source: str) -> list[list[tuple[int, ...] | None]]:
+    """Per group, the exp_avg shape of each id (None for ids that were never stepped)."""
+    state = optim_sd["state"]
+    return [
+        [_shape_of(state.get(pid)) for pid in ids] for ids in group_ids(optim_sd, source=source)
+    ]
+
+
+def _shape_of(entry: Any) -> tuple[int, ...] | None:
+    if isinstance(entry, dict) and is_tensor_like(entry.get("exp_avg")):
+        return tuple(entry["exp_avg"].shape)
+    return None
+
+
+def check_adam(optim_sd: dict, *, source: str) -> None:
+    """Raises NotAdamError / UnsupportedFormatError unless `state` holds Adam moments."""
+    entries = [e for e in optim_sd["state"].values() if isinstance(e, dict)]
+    if any("exp_avg" in e and "exp_avg_sq" in e for e in entries):
+        return
+    if not entries:
+        raise UnsupportedFormatError(
+            f"{source}: the optimizer has no state (never stepped?): nothing to analyse"
+        )
+    keys = set().union(*(e.keys() for e in entries))
+    for needed, message in _NOT_ADAM:
+        if all(k in keys for k in needed):
+            raise NotAdamError(f"{source}: holds {message}")
+    raise NotAdamError(
+        f"{source}: optimizer state has no exp_avg/exp_avg_sq (found {', '.join(sorted(keys))})"
+    )
+
+
+def _number(x: Any, *, what: str, source: str) -> float:
+    if is_tensor_like(x):
+        return float(x.item())
+    if isinstance(x, int | float):
+        return float(x)
+    raise CorruptCheckpointError(f"{source}: {what} is {type(x).__name__}, expected a number")
+
+
+def hyper_params(group: dict, *, source: str, options: ReaderOptions | None = None) -> HyperParams:
+    """HyperParams of one param group; ReaderOptions fill in betas/eps the file does not store."""
+    opts = options or ReaderOptions()
+    betas = group.get("betas")
+    if betas is None and opts.beta1 is not None and opts.beta2 is not None:
+        betas = (opts.beta1, opts.beta2)
+    eps = group.get("eps", opts.eps)
+    if betas is None or eps is None:
+        raise CorruptCheckpointError(
+            f"{source}: param group without betas/eps; pass --beta1/--beta2/--eps"
+        )
+    b1, b2 = (_number(b, what="betas", source=source) for b in betas)
+    lr = group.get("lr")
+    wd = group.get("weight_decay")
+    bias_correction = group.get("bias_correction", True)
+    if opts.bias_correction is not None:
+        bias_correction = opts.bias_correction
+    dwd = group.get("decoupled_weight_decay")
+    return HyperParams(
+        beta1=b1,
+        beta2=b2,
+        eps=_number(eps, what="eps", source=source),
+        lr=None if lr is None else _number(lr, what="lr", source=source),
+        weight_decay=None if wd is None else _number(wd, what="weight_decay", source=source),
+        amsgrad=bool(group.get("amsgrad", False)),
+        bias_correction=bool(bias_correction),
+        eps_inside_sqrt=bool(group.get("eps_inside_sqrt", False)),
+        maximize=bool(group.get("maximize", False)),
+        decoupled_weight_decay=None if dwd is None else bool(dwd),
+    )
+
+
+def iter_adam_states(
+    optim_sd: dict,
+    names: Sequence[str],
+    *,
+    source: str,
+    options: ReaderOptions | None = None,
+) -> Iterator[TensorState]:
+    """Yield one TensorState per stepped parameter, in id order.
+
+    Args:
+        optim_sd: a (lazy) optimizer state_dict; tensors are LazyTensor / InMemoryTensor.
+        names: names[i] is the name of param id i (position in the concatenated groups' params).
+        source: the file, for error messages.
+        options: fills in hyper-parameters the file lacks.
+
+    Raises:
+        NotAdamError: the state holds no exp_avg/exp_avg_sq (SGD, Adafactor, ...).
+        UnsupportedFormatError: there is no optimizer state at all.
+        NamingError: `names` does not have one entry per param id.
+    """
+    if not is_optim_state_dict(optim_sd):
+        raise UnsupportedFormatError(f"{source}: no optimizer state_dict (state + param_groups)")
+    check_adam(optim_sd, source=source)
+    ids_per_group = group_ids(optim_sd, source=source)
+    n_ids = sum(len(ids) for ids in ids_per_group)
+    if len(names) != n_ids:
+        raise NamingError(f"{source}: {len(names)} names for {n_ids} optimizer parameters")
+    state = optim_sd["state"]
+    position, skipped = 0, 0
+    for group, ids in zip(optim_sd["param_groups"], ids_per_group, strict=True):
+        hp = hyper_params(group, source=source, options=options)
+        for pid in ids:
+            name = names[position]
+            position += 1
+            entry = state.get(pid)
+            if entry is None:
+                skipped += 1
+                continue
+            yield _tensor_state(entry, group, name, hp, source=source)
+    if skipped:
+        log.info(
+            "%s: %d parameters have no optimizer state (never stepped/frozen)", source, skipped
+        )
+
+
+def _tensor_state(
+    entry: dict, group: dict, name: str, hp: HyperParams, *, source: str
+) -> TensorState:
+    m, v = entry.get("exp_avg"), entry.get("exp_avg_sq")
+    if not (is_tensor_like(m) and is_tensor_like(v)):
+        raise NotAdamError(f"{source}: state of '{name}' has no exp_avg/exp_avg_sq tensors")
+    if tuple(m.shape) != tuple(v.shape):
+        raise CorruptCheckpointError(
+            f"{source}: '{name}' exp_avg {tuple(m.shape)} and exp_avg_sq {tuple(v.shape)} differ"
+        )
+    notes: list[str] = []
+    vmax = entry.get("max_exp_avg_sq") if hp.amsgrad else None
+    if hp.amsgrad and not is_tensor_like(vmax):
+        notes.append("amsgrad set but no max_exp_avg_sq stored; using exp_avg_sq")
+        log.warning("%s: '%s': %s", source, name, notes[-1])
+        vmax = None
+    step = entry.get("step", group.get("step"))
+    if step is None:
+        raise CorruptCheckpointError(f"{source}: '{name}' has no step in its state or group")
+    step_value = _number(step, what=f"step of '{name}'", source=source)
+    return TensorState(
+        name=name,
+        shape=tuple(m.shape),
+        step=step_value,
+        hp=hp,
+        dtype=m.dtype_name,
+        chunks=_chunker(m, v, vmax),
+        notes=notes,
+    )
+
+
+def _chunker(m: Any, v: Any, vmax: Any) -> Any:
+    def chunks(n: int) -> Iterator[tuple[int, Any, Any, Any]]:
+        if n < 1:
+            raise ValueError("chunk size must be >= 1")
+        total = m.numel
+        for start in range(0, total, n):
+            stop = min(start + n, total)
+            yield (
+                start,
+                m.read(start, stop),
+                v.read(start, stop),
+                None if vmax is None else vmax.read(start, stop),
+            )
+
+    return chunks
+
+
+def max_step(optim_sd: dict) -> int | None:
+    """The largest stored step (the optimizer's step count), or None."""
+    steps = []
+    for entry in optim_sd["state"].values():
+        s = entry.get("step") if isinstance(entry, dict) else None
+        if s is not None:
+            steps.append(float(s.item()) if is_tensor_like(s) else float(s))
+    return int(max(steps)) if steps else None
+
+
+def optim_info(
+    path: Path, optim_sd: dict, *, fmt: str, step: int | None, notes: Sequence[str] = ()
+) -> CheckpointInfo:
+    """CheckpointInfo from an optimizer state_dict, without reading tensor data."""
+    entries = [
+        e
+        for e in optim_sd["state"].values()
+        if isinstance(e, dict) and is_tensor_like(e.get("exp_avg"))
+    ]
+    return CheckpointInfo(
+        path=path,
+        format=fmt,
+        step=step if step is not None else max_step(optim_sd),
+        n_tensors=len(entries),
+        n_params=sum(e["exp_avg"].numel for e in entries),
+        bytes_on_disk=path.stat().st_size if path.is_file() else 0,
+        notes=tuple(notes),
+    )
+
+
+class TorchOptimReader:
+    """A bare `torch.save(optimizer.state_dict())` file.
+
+    Names come from, in order of preference: `param_names` in the groups (torch >= 2.6, optimizer
+    built from named_parameters()); a model state_dict given as `ReaderOptions.model`, whose float
+    tensors (tied duplicates and BatchNorm buffers removed) must be exactly as many as the
+    optimizer's parameters, in order, with matching shapes — otherwise NamingError, never a
+    guess; else `param.<id>` with a warning.
+    """
+
+    name = "torch-optim"
+
+    @classmethod
+    def probe(cls, path: Path) -> bool:
+        from adamscope.readers.registry import peek_torch
+
+        return is_optim_state_dict(peek_torch(path))
+
+    def __init__(self, path: Path, *, options: ReaderOptions) -> None:
+        self.path = Path(path)
+        self.options = options
+        self._sd: dict | None = None
+        self.notes: list[str] = []
+
+    @property
+    def optim_sd(self) -> dict:
+        if self._sd is None:
+            from adamscope.readers.torchzip import load_lazy
+
+            sd = load_lazy(self.path, trust_pickle=self.options.trust_pickle)
+            if not is_optim_state_dict(sd):
+                raise UnsupportedFormatError(f"{self.path}: not an optimizer state_dict")
+            self._sd = sd
+        return self._sd
+
+    def describe(self) -> CheckpointInfo:
+        return optim_info(self.path, self.optim_sd, fmt=self.name, step=None, notes=self.notes)
+
+    def iter_tensors(self) -> Iterator[TensorState]:
+        names = self.names()
+        yield from iter_adam_states(
+            self.optim_sd, names, source=str(self.path), options=self.options
+        )
+
+    def names(self) -> list[str]:
+        sd, source = self.optim_sd, str(self.path)
+        check_adam(sd, source=source)
+        stored = param_names_from_groups(sd)
+        if stored is not None:
+            return stored
+        if self.options.model is not None:
+            return self._names_from_model(Path(self.options.model))
+        n = sum(len(ids) for ids in group_ids(sd, source=source))
+        msg = "no param_names stored and no --model given: naming parameters param.<id>"
+        log.warning("%s: %s", source, msg)
+        self.notes.append(msg)
+        return [f"param.{i}" for i in range(n)]
+
+    def _names_from_model(self, model_path: Path) -> list[str]:
+        from adamscope.readers.torchzip import load_lazy
+
+        if model_path.suffix == ".safetensors":
+            raise NamingError(
+                f"{model_path}: safetensors lists tensors alphabetically, not in parameter order; "
+                "pass a torch.save'd model.state_dict() instead"
+            )
+        tree = load_lazy(model_path, trust_pickle=self.options.trust_pickle)
+        candidates, _ = parameter_candidates(model_entries(tree, source=str(model_path)))
+        pattern = [
+            s for shapes in state_shapes(self.optim_sd, source=str(self.path)) for s in shapes
+        ]
+        if len(candidates) != len(pattern):
+            raise NamingError(
+                f"{self.path}: the optimizer has {len(pattern)} parameters but {model_path} has "
+                f"{len(candidates)} float tensors (buffers or frozen parameters?); pass a "
+                "state_dict of the optimized parameters only, e.g. "
+                "{n: p for n, p in model.named_parameters()}"
+            )
+        return align_names(pattern, candidates, source=str(self.path), what="the optimizer")
+
+
+def names_from_model(
+    optim_sd: dict, entries: Sequence[tuple[str, Any]], *, source: str, what: str = "the optimizer"
+) -> list[str]:
+    """Names of an optimizer's param ids from the model state_dict saved beside it.
+
+    Uses `param_names` when stored. Otherwise two layouts are tried against the model's candidate
+    tensors (see naming.parameter_candidates), each accepted only if its shape placement is unique:
+    "order" — the concatenated groups are a subsequence of the model's parameter order (one group,
+    or groups that split parameters in order: Lightning's default, most training scripts) — and,
+    with two groups, "dim split" — group 0 = parameters with dim >= 2, group 1 = dim < 2, each in
+    model order (nanoGPT's configure_optimizers). If both fit with different answers: NamingError.
+    """
+    stored = param_names_from_groups(optim_sd)
+    if stored is not None:
+        return stored
+    candidates, _ = parameter_candidates(entries)
+    shapes = state_shapes(optim_sd, source=source)
+    results: dict[str, list[str]] = {}
+    errors: list[NamingError] = []
+    if len(shapes) == 2:
+        try:
+            big = [c for c in candidates if len(c[1].shape) >= 2]
+            small = [c for c in candidates if len(c[1].shape) < 2]
+            results["dim split"] = align_names(
+                shapes[0], big, source=source, what=f"{what}, group 0 (dim >= 2)"
+            ) + align_names(shapes[1], small, source=source, what=f"{what}, group 1 (dim < 2)")
+        except NamingError as e:
+            errors.append(e)
+    try:
+        flat = [s for group in shapes for s in group]
+        results["order"] = align_names(flat, candidates, source=source, what=what)
+    except NamingError as e:
+        errors.append(e)
+    answers = {tuple(v) for v in results.values()}
+    if len(answers) == 1:
+        return next(iter(results.values()))
+    if len(answers) > 1:
+        raise NamingError(
+            f"{source}: {what}: both the model-order and the dim-split layouts fit the shapes with "
+            "different names; save the optimizer built from named_parameters() (torch >= 2.6)"
+        )
+    raise errors[0]

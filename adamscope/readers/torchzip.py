@@ -1,0 +1,407 @@
+"""Lazy reading of torch.save zip files: `load_lazy` returns the object tree with LazyTensor leaves.
+
+A torch zip file holds `<archive>/data.pkl` (the pickled object tree) and one *uncompressed* entry
+`<archive>/data/<key>` per storage. We unpickle only `data.pkl` (restricted, see unpickler.py),
+locate each storage entry's data offset from the zip headers once, and serve
+`LazyTensor.read(start, stop)` with positional reads into a freshly allocated tensor: memory is
+bounded by what the caller asks for.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import pickle
+import struct
+import threading
+import warnings
+import weakref
+import zipfile
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamscope.errors import (
+    AdamscopeError,
+    CorruptCheckpointError,
+    UnsupportedFormatError,
+)
+from adamscope.readers.unpickler import RestrictedUnpickler, StorageRef
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # zip local file header, 30 bytes
+_LOCAL_MAGIC = 0x04034B50
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MATERIALIZE_LIMIT = 1 << 28  # bytes; materialize() refuses larger tensors
+_GATHER_WINDOW = 1 << 20  # elements read at once when gathering a non-contiguous tensor
+
+
+class _Archive:
+    """One torch zip file: entry table, data offsets, and a read-only file descriptor."""
+
+    def __init__(self, path: Path, entries: dict[str, zipfile.ZipInfo], prefix: str) -> None:
+        self.path = path
+        self.entries = entries
+        self.prefix = prefix
+        self.size = path.stat().st_size
+        self._offsets: dict[str, tuple[int, int]] = {}
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._finalizer: weakref.finalize | None = None
+
+    def fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._finalizer = weakref.finalize(self, os.close, self._fd)
+        return self._fd
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._fd = None
+
+    def storage_span(self, key: str) -> tuple[int, int]:
+        """(byte offset of the data in the file, byte length) of storage `key`."""
+        span = self._offsets.get(key)
+        if span is not None:
+            return span
+        name = f"{self.prefix}data/{key}"
+        info = self.entries.get(name)
+        if info is None:
+            raise CorruptCheckpointError(f"{self.path}: storage entry '{name}' is missing")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise UnsupportedFormatError(
+                f"{self.path}: storage entry '{name}' is compressed; torch writes them stored — "
+                "was the file re-zipped?"
+            )
+        header = os.pread(self.fd(), _LOCAL_HEADER.size, info.header_offset)
+        if len(header) < _LOCAL_HEADER.size:
+            raise CorruptCheckpointError(f"{self.path}: truncated (zip header of '{name}')")
+        fields = _LOCAL_HEADER.unpack(header)
+        if fields[0] != _LOCAL_MAGIC:
+            raise CorruptCheckpointError(f"{self.path}: bad zip local header for '{name}'")
+        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        if start + info.file_size > self.size:
+            raise CorruptCheckpointError(f"{self.path}: truncated (storage '{key}' ends past EOF)")
+        span = (start, info.file_size)
+        self._offsets[key] = span
+        return span
+
+    def read_into(self, buf: memoryview, offset: int) -> None:
+        """Fill `buf` from byte `offset` of the file with positional reads."""
+        fd, done, total = self.fd(), 0, len(buf)
+        while done < total:
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [buf[done:]], offset + done)
+            else:  # pragma: no cover - platforms without preadv
+                chunk = os.pread(fd, min(total - done, 1 << 26), offset + done)
+                n = len(chunk)
+                buf[done : done + n] = chunk
+            if n <= 0:
+                raise CorruptCheckpointError(f"{self.path}: truncated (short read at {offset})")
+            done += n
+
+
+class LazyTensor:
+    """A tensor stored in a torch zip file, read on demand.
+
+    `read(start, stop)` returns elements [start, stop) of the tensor in flat row-major order as a
+    1-D tensor of the stored dtype; only those bytes are read (non-contiguous tensors are gathered
+    in bounded windows). Tied tensors share `storage.key`.
+    """
+
+    def __init__(
+        self,
+        archive: _Archive,
+        storage: StorageRef,
+        offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        dtype: str,
+    ) -> None:
+        self.archive = archive
+        self.storage = storage
+        self.storage_offset = offset
+        self.shape = shape
+        self.stride = stride
+        self.dtype_name = dtype
+
+    @property
+    def storage_key(self) -> str:
+        return self.storage.key
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @cached_property
+    def itemsize(self) -> int:
+        import torch
+
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def is_contiguous(self) -> bool:
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def __repr__(self) -> str:
+        return f"LazyTensor(shape={self.shape}, dtype={self.dtype_name}, key={self.storage.key!r})"
+
+    def _check_bounds(self) -> int:
+        """Validates that every element lies inside the storage entry; returns its data offset."""
+        start, nbytes = self.archive.storage_span(self.storage.key)
+        if self.numel:
+            last = self.storage_offset + sum(
+                (s - 1) * st for s, st in zip(self.shape, self.stride, strict=True)
+            )
+            if (last + 1) * self.itemsize > nbytes or self.storage_offset < 0:
+                raise CorruptCheckpointError(
+                    f"{self.archive.path}: storage '{self.storage.key}' is shorter than its tensor"
+                )
+        return start
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) in flat row-major order: a new 1-D tensor of the stored dtype."""
+        import torch
+
+        n = self.numel
+        start, stop = max(0, start), min(stop, n)
+        out = torch.empty(max(0, stop - start), dtype=self.dtype)
+        if stop <= start:
+            return out
+        base = self._check_bounds()
+        if self.is_contiguous:
+            offset = base + (self.storage_offset + start) * self.itemsize
+            self.archive.read_into(_bytes_view(out), offset)
+            return out
+        return self._gather(start, stop, base, out)
+
+    def _gather(self, start: int, stop: int, base: int, out: torch.Tensor) -> torch.Tensor:
+        """Strided read: storage indices of the requested elements, read in bounded windows."""
+        import numpy as np
+        import torch
+
+        flat = np.arange(start, stop, dtype=np.int64)
+        index = np.full(flat.shape, self.storage_offset, dtype=np.int64)
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            index += (flat % size) * stride
+            flat //= size
+        order = np.argsort(index, kind="stable")
+        sorted_index = index[order]
+        out_u8 = out.view(torch.uint8).numpy().reshape(-1, self.itemsize)
+        i = 0
+        while i < len(sorted_index):
+            lo = int(sorted_index[i])
+            j = int(np.searchsorted(sorted_index, lo + _GATHER_WINDOW, side="left"))
+            hi = int(sorted_index[j - 1]) + 1
+            window = np.empty((hi - lo, self.itemsize), dtype=np.uint8)
+            self.archive.read_into(memoryview(window).cast("B"), base + lo * self.itemsize)
+            out_u8[order[i:j]] = window[sorted_index[i:j] - lo]
+            i = j
+        return out
+
+    def materialize(self) -> torch.Tensor:
+        """The whole tensor in its shape (small tensors only: refuses above MATERIALIZE_LIMIT)."""
+        if self.numel * self.itemsize > MATERIALIZE_LIMIT:
+            raise AdamscopeError(
+                f"{self.archive.path}: refusing to materialize a {self.numel * self.itemsize} byte "
+                "tensor; stream it with read()"
+            )
+        return self.read(0, self.numel).reshape(self.shape)
+
+    def item(self) -> float:
+        """The value of a one-element tensor (e.g. a 0-d `step`)."""
+        if self.numel != 1:
+            raise ValueError(f"item() of a tensor with {self.numel} elements")
+        return self.read(0, 1)[0].item()
+
+
+class InMemoryTensor:
+    """The LazyTensor interface over a real tensor (trust_pickle mode, or tensors built in code)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor.detach()
+        self.shape = tuple(tensor.shape)
+        self.dtype = tensor.dtype
+        self.dtype_name = str(tensor.dtype).removeprefix("torch.")
+        self.storage_key = str(tensor.untyped_storage().data_ptr())
+        self.storage_offset = tensor.storage_offset()
+        self.stride = tuple(tensor.stride())
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.tensor.reshape(-1)[start:stop].clone()
+
+    def materialize(self) -> torch.Tensor:
+        return self.tensor
+
+    def item(self) -> float:
+        return self.tensor.item()
+
+
+def _bytes_view(t: torch.Tensor) -> memoryview:
+    import torch
+
+    return memoryview(t.view(torch.uint8).numpy()).cast("B")
+
+
+def is_torch_zip(path: Path) -> bool:
+    """True for a torch.save zip file (has a `data.pkl` entry); cheap."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("data.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def is_legacy_torch(path: Path) -> bool:
+    """True for the pre-1.6 torch.save format (a pickled magic number, pickles, storages)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+        return head[:2] == b"\x80\x02" and _legacy_magic(head)
+    except OSError:
+        return False
+
+
+def _legacy_magic(head: bytes) -> bool:
+    try:
+        return pickle.loads(head[: head.index(b".") + 1]) == _LEGACY_MAGIC
+    except Exception:  # noqa: BLE001 - any failure means "not legacy"
+        return False
+
+
+def _open_archive(path: Path) -> tuple[_Archive, bytes]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            pkl = [i.filename for i in infos if i.filename.endswith("data.pkl")]
+            if not pkl:
+                raise UnsupportedFormatError(
+                    f"{path}: a zip file without data.pkl (not torch.save)"
+                )
+            name = min(pkl, key=len)
+            data = zf.read(name)
+            entries = {i.filename: i for i in infos}
+            prefix = name[: -len("data.pkl")]
+            if prefix + "byteorder" in entries and zf.read(prefix + "byteorder") != b"little":
+                raise UnsupportedFormatError(f"{path}: big-endian torch files are not supported")
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as e:
+        raise CorruptCheckpointError(f"{path}: not a readable zip file ({e})") from None
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path}: cannot read ({e})") from None
+    return _Archive(path, entries, prefix), data
+
+
+def load_lazy(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> Any:
+    """Unpickle a torch.save zip file with LazyTensor leaves; nothing from the file is executed.
+
+    Args:
+        path: a file written by torch.save (zip format, torch >= 1.6).
+        trust_pickle: DANGEROUS — fall back to torch.load(weights_only=False) (tensors mmapped,
+            wrapped as InMemoryTensor) for files with globals outside the allowlist.
+
+    Returns:
+        The object tree (dicts, lists, ...) with a LazyTensor for every tensor.
+
+    Raises:
+        UnsafePickleError: the pickle names a global outside the allowlist.
+        CorruptCheckpointError: truncated or inconsistent file.
+        UnsupportedFormatError: not a torch zip file (the legacy format is refused).
+    """
+    path = Path(path)
+    if trust_pickle:
+        return _load_trusted(path)
+    return _unpickle(path, stub_unknown=False)
+
+
+def peek(path: str | os.PathLike[str]) -> Any:
+    """The object tree of a torch zip file with every unknown global stubbed (for format probes)."""
+    return _unpickle(Path(path), stub_unknown=True)
+
+
+def _unpickle(path: Path, *, stub_unknown: bool) -> Any:
+    if not zipfile.is_zipfile(path):
+        if is_legacy_torch(path):
+            raise UnsupportedFormatError(
+                f"{path}: legacy (pre-1.6, non-zip) torch.save format; adamscope reads only the "
+                "zip format — re-save it with "
+                "torch.save(torch.load(path, weights_only=True), new_path)"
+            )
+        raise UnsupportedFormatError(f"{path}: not a torch.save zip file")
+    archive, data = _open_archive(path)
+
+    def make_tensor(
+        storage: StorageRef,
+        offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        dtype: str,
+    ) -> LazyTensor:
+        return LazyTensor(archive, storage, offset, shape, stride, dtype)
+
+    unpickler = RestrictedUnpickler(
+        io.BytesIO(data), source=str(path), make_tensor=make_tensor, stub_unknown=stub_unknown
+    )
+    try:
+        return unpickler.load()
+    except AdamscopeError:
+        raise
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, IndexError, KeyError) as e:
+        raise CorruptCheckpointError(f"{path}: cannot unpickle data.pkl ({e})") from None
+
+
+def _load_trusted(path: Path) -> Any:
+    import torch
+
+    msg = (
+        f"trust_pickle: loading {path} with torch.load(weights_only=False) — this runs any code "
+        "the file contains"
+    )
+    log.warning(msg)
+    warnings.warn(msg, stacklevel=3)
+    try:
+        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise CorruptCheckpointError(f"{path}: torch.load failed ({e})") from None
+    return _wrap_tensors(obj)
+
+
+def _wrap_tensors(obj: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return InMemoryTensor(obj)
+    if isinstance(obj, dict):
+        return {k: _wrap_tensors(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_wrap_tensors(v) for v in obj)
+    return obj

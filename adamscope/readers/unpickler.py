@@ -1,0 +1,358 @@
+"""A restricted unpickler for torch checkpoints: builds lazy tensors, runs nothing from the file.
+
+torch pickles a checkpoint's object tree (`data.pkl`) with references to globals such as
+`torch._utils._rebuild_tensor_v2`. A normal unpickler imports and calls whatever the file names,
+which is how a malicious checkpoint runs code. This one resolves globals through an explicit table
+of our own stand-ins: tensor rebuild functions become `make_tensor` callbacks that only record where
+the data lives, a few harmless builtins map to themselves, and known framework classes (DeepSpeed's
+loss scalers, Lightning's AttributeDict, argparse.Namespace, ...) become inert `Stub` objects that
+only record the state they were given. Any other global raises `UnsafePickleError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+import collections
+import io
+import pathlib
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from adamscope.errors import UnsafePickleError, UnsupportedFormatError
+
+# torch's legacy typed-storage classes, by the name they are pickled under, and their dtype names.
+STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+}
+
+# dtypes that may appear as `torch.<name>` globals (tensors of the newer dtypes are pickled as an
+# UntypedStorage plus the dtype, see torch._utils._rebuild_tensor_v3).
+DTYPE_NAMES = frozenset(
+    set(STORAGE_DTYPES.values())
+    | {"float8_e5m2", "float8_e4m3fn", "float8_e5m2fnuz", "float8_e4m3fnuz", "float8_e8m0fnu"}
+    | {"uint16", "uint32", "uint64", "complex32"}
+)
+
+# Framework classes seen in real checkpoints; each becomes an inert Stub recording its state.
+# Readers for other families may add to this set (e.g. DeepSpeed-specific classes).
+STUBBED_GLOBALS: set[str] = {
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.zero.stage_1_and_2.LossScaler",
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "argparse.Namespace",
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.base.Metadata",
+    "omegaconf.nodes.AnyNode",
+    "typing.Any",
+}
+
+_SAFE_BUILTINS = frozenset(
+    {"set", "frozenset", "complex", "slice", "bytearray", "tuple", "list", "dict"}
+    | {"int", "float", "str", "bool", "bytes", "range"}
+)
+_TORCH_REBUILD_UNSUPPORTED = frozenset(
+    {
+        "_rebuild_qtensor",
+        "_rebuild_sparse_tensor",
+        "_rebuild_nested_tensor",
+        "_rebuild_wrapper_subclass",
+        "_rebuild_meta_tensor_no_storage",
+        "_rebuild_device_tensor_from_numpy",
+        "_rebuild_device_tensor_from_cpu_tensor",
+    }
+)
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    """A storage named by a persistent id: `key` names the zip entry `data/<key>`.
+
+    `dtype` is a torch dtype name ("float32", ...) or None for an UntypedStorage (bytes; the tensor
+    carries the dtype); `size` is in elements of `dtype` (bytes when untyped).
+    """
+
+    key: str
+    dtype: str | None
+    location: str
+    size: int
+
+
+class Stub(dict):
+    """An inert stand-in for a framework object: records constructor args, items and state.
+
+    It subclasses dict so that dict subclasses (AttributeDict) keep their items; nothing of the
+    original class is imported or run.
+    """
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Stub:
+        self = super().__new__(cls)
+        self.args = args
+        self.state = None
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def attrs(self) -> dict[str, Any]:
+        """The recorded instance attributes (from `__dict__` state), or {}."""
+        state = self.state
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            merged = dict(state[0] or {})
+            merged.update(state[1] or {})
+            return merged
+        return dict(state) if isinstance(state, dict) else {}
+
+    def __repr__(self) -> str:
+        return f"Stub({self.qualname}, args={self.args!r}, state={self.state!r})"
+
+    def __reduce__(self) -> Any:  # Stubs are data holders; never re-pickle them as the original
+        raise TypeError("adamscope Stub objects cannot be pickled")
+
+
+_stub_classes: dict[str, type[Stub]] = {}
+
+
+def stub_class(qualname: str) -> type[Stub]:
+    """The (cached) Stub subclass standing in for global `qualname`."""
+    cls = _stub_classes.get(qualname)
+    if cls is None:
+        cls = type(qualname.rsplit(".", 1)[-1], (Stub,), {"qualname": qualname})
+        _stub_classes[qualname] = cls
+    return cls
+
+
+class _StorageType:
+    """Stand-in for `torch.<X>Storage` / `torch.UntypedStorage` globals: carries the dtype name."""
+
+    def __init__(self, dtype: str | None) -> None:
+        self.dtype = dtype
+
+
+class _TensorType:
+    """Stand-in for torch.Tensor / torch.nn.Parameter as `new_type` of _rebuild_from_type_v2."""
+
+
+class _NumpyDType:
+    """Stand-in for numpy.dtype: remembers the type string and byte order, builds the real dtype."""
+
+    def __init__(self, kind: str, align: bool = False, copy: bool = False) -> None:
+        self.kind = str(kind)
+        self.byteorder = "="
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in "<>=|":
+            self.byteorder = state[1]
+
+    def to_numpy(self) -> Any:
+        import numpy as np
+
+        dt = np.dtype(self.kind)
+        return dt.newbyteorder(self.byteorder) if self.byteorder in "<>" else dt
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    import numpy as np
+
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes | bytearray):
+        raise pickle.UnpicklingError("numpy scalar with unexpected arguments")
+    return np.frombuffer(bytes(data), dtype=dtype.to_numpy(), count=1)[0]
+
+
+def _codecs_encode(obj: Any, encoding: str = "utf-8") -> bytes:
+    # protocol-2 pickles store bytes as _codecs.encode(text, 'latin1')
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise pickle.UnpicklingError("_codecs.encode with unexpected arguments")
+    return codecs.encode(obj, encoding)
+
+
+def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
+    # copyreg._reconstructor (protocol 0/1 objects): only ever instantiate our own stubs
+    if not (isinstance(cls, type) and issubclass(cls, Stub)):
+        raise pickle.UnpicklingError("copyreg._reconstructor of a non-stubbed class")
+    return cls.__new__(cls)
+
+
+def _defaultdict(factory: Any = None, *args: Any) -> dict:
+    return {}  # the factory never runs: a plain dict keeps the recorded items
+
+
+def _path(*parts: Any) -> pathlib.PurePath:
+    return pathlib.PurePosixPath(*[str(p) for p in parts])
+
+
+def _windows_path(*parts: Any) -> pathlib.PurePath:
+    return pathlib.PureWindowsPath(*[str(p) for p in parts])
+
+
+def _device(*args: Any) -> str:
+    if not all(isinstance(a, str | int) for a in args):
+        raise pickle.UnpicklingError("torch.device with unexpected arguments")
+    return ":".join(str(a) for a in args)
+
+
+# make_tensor(storage, storage_offset, size, stride, dtype_name) -> the tensor's stand-in
+MakeTensor = Callable[[StorageRef, int, tuple[int, ...], tuple[int, ...], str], Any]
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles torch's `data.pkl` (or a legacy torch.save pickle) through an allowlist.
+
+    Args:
+        file: binary file positioned at the pickle.
+        source: the checkpoint path, for error messages.
+        make_tensor: builds the stand-in for each tensor from its storage reference and layout.
+        stub_unknown: stub every unknown global instead of raising (used only to *peek* at a file's
+            structure for format detection; nothing is executed either way).
+    """
+
+    def __init__(
+        self,
+        file: io.BufferedIOBase | io.BytesIO,
+        *,
+        source: str,
+        make_tensor: MakeTensor,
+        stub_unknown: bool = False,
+    ) -> None:
+        super().__init__(file)
+        self.source = source
+        self.make_tensor = make_tensor
+        self.stub_unknown = stub_unknown
+        self.unknown_globals: set[str] = set()
+
+    # --- tensor rebuild stand-ins -------------------------------------------------------------
+    def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None) -> Any:
+        if not isinstance(storage, StorageRef):
+            raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
+        if dtype is None:
+            raise pickle.UnpicklingError("untyped storage without a dtype")
+        return self.make_tensor(
+            storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride), dtype
+        )
+
+    def _rebuild_tensor_v2(self, storage, offset, size, stride, *_rest) -> Any:  # noqa: ANN001
+        return self._tensor(storage, offset, size, stride, getattr(storage, "dtype", None))
+
+    def _rebuild_tensor_v3(self, storage, offset, size, stride, _rg, _hooks, dtype, *_rest) -> Any:  # noqa: ANN001
+        return self._tensor(storage, offset, size, stride, _dtype_name(dtype))
+
+    @staticmethod
+    def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
+        return data  # a Parameter is its data for our purposes
+
+    @staticmethod
+    def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        if not isinstance(new_type, _TensorType) or not callable(func):
+            raise pickle.UnpicklingError("_rebuild_from_type_v2 of a tensor subclass")
+        return func(*args)
+
+    # --- pickle hooks -------------------------------------------------------------------------
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        storage_type, key, location, size = pid[1], pid[2], pid[3], pid[4]
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError("persistent id without a storage type")
+        if len(pid) > 5 and pid[5] is not None:  # legacy storage views
+            raise UnsupportedFormatError(
+                f"{self.source}: legacy storage views are not supported; re-save with torch >= 1.6"
+            )
+        return StorageRef(str(key), storage_type.dtype, str(location), int(size))
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualname = f"{module}.{name}"
+        found = self._lookup(module, name, qualname)
+        if found is not None:
+            return found
+        if qualname in STUBBED_GLOBALS:
+            return stub_class(qualname)
+        if self.stub_unknown:
+            self.unknown_globals.add(qualname)
+            return stub_class(qualname)
+        raise UnsafePickleError(
+            f"{self.source}: refusing to load global '{qualname}' (not on adamscope's allowlist; "
+            "nothing was executed). If you trust this file, pass --trust-pickle."
+        )
+
+    def _lookup(self, module: str, name: str, qualname: str) -> Any:
+        if module == "torch._utils":
+            if name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+                return self._rebuild_tensor_v2
+            if name == "_rebuild_tensor_v3":
+                return self._rebuild_tensor_v3
+            if name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+                return self._rebuild_parameter
+            if name in _TORCH_REBUILD_UNSUPPORTED:
+                raise UnsupportedFormatError(
+                    f"{self.source}: holds a tensor kind adamscope cannot read lazily ({qualname})"
+                )
+        if qualname == "torch._tensor._rebuild_from_type_v2":
+            return self._rebuild_from_type_v2
+        if qualname in ("torch.Tensor", "torch.nn.parameter.Parameter"):
+            return _TensorType()
+        if module in ("torch", "torch.storage"):
+            if name in STORAGE_DTYPES:
+                return _StorageType(STORAGE_DTYPES[name])
+            if name in ("UntypedStorage", "TypedStorage"):
+                return _StorageType(None)
+            if name in DTYPE_NAMES:
+                import torch
+
+                return getattr(torch, name)
+            if name == "Size":
+                import torch
+
+                return torch.Size
+            if name == "device":
+                return _device
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return getattr(builtins, name)
+        simple = {
+            "collections.OrderedDict": collections.OrderedDict,
+            "collections.Counter": collections.Counter,
+            "collections.defaultdict": _defaultdict,
+            "_codecs.encode": _codecs_encode,
+            "copyreg._reconstructor": _reconstructor,
+            "numpy.dtype": _NumpyDType,
+            "numpy.core.multiarray.scalar": _numpy_scalar,
+            "numpy._core.multiarray.scalar": _numpy_scalar,
+            "pathlib.PosixPath": _path,
+            "pathlib.PurePosixPath": _path,
+            "pathlib.Path": _path,
+            "pathlib.WindowsPath": _windows_path,
+            "pathlib.PureWindowsPath": _windows_path,
+        }
+        return simple.get(qualname)
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPE_NAMES:
+        raise pickle.UnpicklingError(f"unexpected dtype {dtype!r:.40}")
+    return name
