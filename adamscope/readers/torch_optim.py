@@ -305,6 +305,7 @@ class TorchOptimReader:
         return self._sd
 
     def describe(self) -> CheckpointInfo:
+        check_adam(self.optim_sd, source=str(self.path))
         return optim_info(self.path, self.optim_sd, fmt=self.name, step=None, notes=self.notes)
 
     def iter_tensors(self) -> Iterator[TensorState]:
