@@ -1,0 +1,351 @@
+"""DeepSpeed checkpoints: ZeRO stage 1/2/3 folders (any data-parallel world size, fp32 or bf16) and
+universal checkpoints (`ds_to_universal`), streamed fragment by fragment from each rank's file.
+
+Layouts (FORMATS.md, checked against DeepSpeed 0.19.8):
+- `<dir>/latest` names a tag folder `global_stepN/` holding
+  `[zero_pp_rank_0_]mp_rank_00_model_states.pt` (`param_shapes`: per group / sub-group, ordered
+  name -> shape) and one
+  `[bf16_]zero_pp_rank_D_mp_rank_00_optim_states.pt` per data-parallel rank D.
+- Stage 1/2: each group's parameters are flattened in `param_shapes[g]` order (plus per-parameter
+  `param_alignment_paddings`), zero-padded and split into equal partitions in rank order; the inner
+  torch optimizer (`base_optimizer_state`) holds one flat exp_avg/exp_avg_sq per group and rank.
+  `param_slice_mappings` (name -> start, numel in the rank's partition) says where each piece is.
+- Stage 3: every parameter is padded to a multiple of the world size W; rank r holds elements
+  [r*c, (r+1)*c) with c = ceil(numel / W), concatenated in `param_shapes[j]` order per sub-group j.
+- Universal: `zero/<name>/{exp_avg,exp_avg_sq[,step]}.pt`, one parameter per file, plus
+  `zero/optimizer_state.pt` with param_groups.
+Pickles hold DeepSpeed objects: they are read with the restricted unpickler (stubs, nothing runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
+from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
+from adamscope.readers.naming import is_tensor_like
+from adamscope.readers.torch_optim import check_adam, hyper_params
+
+log = logging.getLogger(__name__)
+
+_OPTIM_RE = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+_MAX_OPEN_FILES = 64  # rank files kept open at once while streaming (stage 3 touches every rank)
+
+
+def resolve_tag_folder(path: Path) -> Path | None:
+    """The `global_stepN` folder of a DeepSpeed checkpoint at `path` (itself or via latest*)."""
+    if not path.is_dir():
+        return None
+    for pointer in ("latest", "latest_universal"):
+        latest = path / pointer
+        if latest.is_file():
+            tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+            if tag and (path / tag).is_dir():
+                return path / tag
+    if any((path / m).is_file() for m in _MODEL_FILES):
+        return path
+    return None
+
+
+def _model_states(folder: Path) -> Path:
+    for name in _MODEL_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CorruptCheckpointError(f"{folder}: no mp_rank_00_model_states.pt (param_shapes) found")
+
+
+def _load(path: Path, options: ReaderOptions) -> Any:
+    from adamscope.readers.torchzip import load_lazy
+
+    return load_lazy(path, trust_pickle=options.trust_pickle)
+
+
+def _number(x: Any) -> float:
+    return float(x.item()) if is_tensor_like(x) else float(x)
+
+
+def _stub_int(x: Any) -> int | None:
+    """ZeroStageEnum (a stub recording its constructor args) or a plain int."""
+    if isinstance(x, int):
+        return x
+    args = getattr(x, "args", ())
+    return int(args[0]) if args and isinstance(args[0], int) else None
+
+
+def _fragment(x: Any) -> tuple[int, int]:
+    """(start, numel) of a stubbed fragment_address (a dataclass, or a namedtuple before 0.19)."""
+    attrs = x.attrs() if hasattr(x, "attrs") else {}
+    if "start" in attrs and "numel" in attrs:
+        return int(attrs["start"]), int(attrs["numel"])
+    args = getattr(x, "args", None) or (tuple(x) if isinstance(x, tuple) else ())
+    if len(args) == 2:
+        return int(args[1]), int(args[0])  # namedtuple fragment_address(numel, start)
+    raise CorruptCheckpointError(f"unrecognised fragment_address {x!r:.80}")
+
+
+def _shapes(model_sd: Any, *, source: Path) -> list[OrderedDict[str, tuple[int, ...]]]:
+    shapes = model_sd.get("param_shapes") if isinstance(model_sd, dict) else None
+    if isinstance(shapes, dict):  # very old DeepSpeed: one dict for all parameters
+        shapes = [shapes]
+    if not isinstance(shapes, list) or not all(isinstance(s, dict) for s in shapes):
+        raise CorruptCheckpointError(f"{source}: no 'param_shapes' list")
+    return [OrderedDict((str(k), tuple(int(d) for d in v)) for k, v in s.items()) for s in shapes]
+
+
+def _group_of(param_groups: list[dict], j: int) -> dict:
+    """The param group that owns (sub-)group j (its `params` list holds j)."""
+    for group in param_groups:
+        if j in list(group.get("params", ())):
+            return group
+    if len(param_groups) == 1:
+        return param_groups[0]
+    return param_groups[min(j, len(param_groups) - 1)]
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    """Elements [start, start+count) of a rank's flat m/v are elements [offset, ...) of a tensor."""
+
+    m: Any
+    v: Any
+    vmax: Any
+    start: int
+    count: int
+    offset: int
+
+
+_Layout = list[tuple[str, tuple[int, ...], list[_Fragment]]]
+
+
+class _OpenFiles:
+    """Closes the least recently used rank files so streaming never holds thousands of fds."""
+
+    def __init__(self, limit: int = _MAX_OPEN_FILES) -> None:
+        self.limit = limit
+        self.open: OrderedDict[int, Any] = OrderedDict()
+
+    def touch(self, tensor: Any) -> None:
+        archive = getattr(tensor, "archive", None)
+        if archive is None:
+            return
+        self.open[id(archive)] = archive
+        self.open.move_to_end(id(archive))
+        while len(self.open) > self.limit:
+            _, oldest = self.open.popitem(last=False)
+            oldest.close()
+
+
+def stream_fragments(frags: list[_Fragment], n: int, files: _OpenFiles) -> Iterator[tuple]:
+    """Chunks (offset, m, v, vmax) of at most n elements, fragment after fragment."""
+    for f in frags:
+        for k in range(0, f.count, n):
+            a, b = f.start + k, f.start + min(k + n, f.count)
+            vmax = None if f.vmax is None else f.vmax.read(a, b)
+            yield f.offset + k, f.m.read(a, b), f.v.read(a, b), vmax
+        for t in (f.m, f.v, f.vmax):
+            files.touch(t)
+
+
+class DeepSpeedReader:
+    """A DeepSpeed ZeRO (stage 1, 2 or 3) checkpoint folder."""
+
+    name = "deepspeed"
+
+    @classmethod
+    def probe(cls, path: Path) -> bool:
+        folder = resolve_tag_folder(Path(path))
+        return folder is not None and any(_OPTIM_RE.match(p.name) for p in folder.iterdir())
+
+    def __init__(self, path: Path, *, options: ReaderOptions) -> None:
+        self.path = Path(path)
+        self.options = options
+        folder = resolve_tag_folder(self.path)
+        if folder is None:
+            raise UnsupportedFormatError(f"{self.path}: not a DeepSpeed checkpoint folder")
+        self.folder = folder
+        self.model_file = _model_states(folder)
+        self.model_sd = _load(self.model_file, options)
+        self.param_shapes = _shapes(self.model_sd, source=self.model_file)
+        self.optim_files = self._optim_files()
+        self.world = len(self.optim_files)
+        ds_config = self.model_sd.get("ds_config") or {}
+        zero_cfg = ds_config.get("zero_optimization") or {}
+        self.stage = int(zero_cfg.get("stage", 0) or 0)
+        self.bf16 = self.optim_files[0].name.startswith("bf16_") or bool(
+            (ds_config.get("bf16") or {}).get("enabled", False)
+        )
+
+    def _optim_files(self) -> list[Path]:
+        by_rank: dict[int, Path] = {}
+        mp_ranks = set()
+        for p in self.folder.iterdir():
+            match = _OPTIM_RE.match(p.name)
+            if match:
+                by_rank[int(match.group(2))] = p
+                mp_ranks.add(int(match.group(3)))
+        if len(mp_ranks) > 1:
+            raise UnsupportedFormatError(
+                f"{self.folder}: tensor-parallel DeepSpeed checkpoint ({len(mp_ranks)} mp ranks); "
+                "convert it with deepspeed.checkpoint.ds_to_universal and read that"
+            )
+        world = max(by_rank) + 1 if by_rank else 0
+        missing = [r for r in range(world) if r not in by_rank]
+        if not by_rank or missing:
+            raise CorruptCheckpointError(
+                f"{self.folder}: optimizer shards of ranks {missing} missing"
+            )
+        declared = self.model_sd.get("dp_world_size")
+        if isinstance(declared, int) and declared != world:
+            raise CorruptCheckpointError(
+                f"{self.folder}: dp_world_size is {declared} but {world} optimizer shards exist"
+            )
+        return [by_rank[r] for r in range(world)]
+
+    def describe(self) -> CheckpointInfo:
+        names = [n for shapes in self.param_shapes for n in shapes]
+        numel = sum(math.prod(s) for shapes in self.param_shapes for s in shapes.values())
+        steps = self.model_sd.get("global_steps")
+        notes = [f"ZeRO stage {self.stage}, data-parallel world size {self.world}"]
+        if self.bf16:
+            notes.append("bf16 run (fp32 master state)")
+        return CheckpointInfo(
+            path=self.path,
+            format="deepspeed",
+            step=int(steps) if isinstance(steps, int) else None,
+            n_tensors=len(names),
+            n_params=numel,
+            bytes_on_disk=sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file()),
+            notes=tuple(notes),
+        )
+
+    def _rank_states(self) -> tuple[list[dict], list[dict], int]:
+        """Per rank the (lazy) outer optimizer dict and its inner torch state; the ZeRO stage."""
+        outers = []
+        for f in self.optim_files:
+            tree = _load(f, self.options)
+            outer = tree.get("optimizer_state_dict") if isinstance(tree, dict) else None
+            if not isinstance(outer, dict):
+                raise CorruptCheckpointError(f"{f}: no 'optimizer_state_dict'")
+            outers.append(outer)
+        stage = _stub_int(outers[0].get("zero_stage")) or self.stage
+        key = "optimizer_state_dict" if stage == 3 else "base_optimizer_state"
+        inners = [o.get(key) for o in outers]
+        for f, inner in zip(self.optim_files, inners, strict=True):
+            if not isinstance(inner, dict) or "state" not in inner or "param_groups" not in inner:
+                raise CorruptCheckpointError(f"{f}: no inner optimizer state '{key}'")
+        check_adam(inners[0], source=str(self.optim_files[0]))
+        return outers, inners, stage
+
+    def iter_tensors(self) -> Iterator[TensorState]:
+        outers, inners, stage = self._rank_states()
+        psms = [o.get("param_slice_mappings") for o in outers]
+        use_psm = stage != 3 and all(isinstance(m, list) for m in psms)
+        pads = outers[0].get("param_alignment_paddings")
+        files = _OpenFiles()
+        param_groups = list(inners[0]["param_groups"])
+        for j, shapes in enumerate(self.param_shapes):
+            group = _group_of(param_groups, j)
+            hp = hyper_params(group, source=str(self.optim_files[0]), options=self.options)
+            step = self._step(inners[0], group, j)
+            states = [inner["state"].get(j) for inner in inners]
+            if any(s is None for s in states):
+                log.warning(
+                    "%s: group %d has no optimizer state on some rank; skipped", self.folder, j
+                )
+                continue
+            if stage == 3:
+                layout = self._stage3_fragments(shapes, states)
+            elif use_psm:
+                layout = self._mapped_fragments(shapes, states, [m[j] for m in psms])
+            else:
+                group_pads = pads[j] if isinstance(pads, list) and j < len(pads) else None
+                layout = self._flat_fragments(shapes, states, group_pads)
+            for name, shape, frags in layout:
+                yield TensorState(
+                    name=name,
+                    shape=shape,
+                    step=step,
+                    hp=hp,
+                    dtype=states[0]["exp_avg"].dtype_name,
+                    chunks=lambda n, fr=frags: stream_fragments(fr, n, files),
+                )
+
+    def _step(self, inner0: dict, group: dict, j: int) -> float:
+        entry = inner0["state"].get(j) or {}
+        for source in (entry.get("step"), group.get("step")):  # FusedAdam keeps it in the group
+            if source is not None:
+                return _number(source)
+        raise CorruptCheckpointError(f"{self.optim_files[0]}: no 'step' for group {j}")
+
+    def _mapped_fragments(self, shapes: dict, states: list[dict], psm: list[dict]) -> _Layout:
+        """Stage 1/2 with DeepSpeed's own map: name -> (start, numel) in each rank's partition."""
+        out = []
+        for name, shape in shapes.items():
+            frags, offset = [], 0
+            for rank, mapping in enumerate(psm):
+                if name in mapping:
+                    start, count = _fragment(mapping[name])
+                    frags.append(self._frag(states[rank], start, count, offset))
+                    offset += count
+            self._check(name, shape, offset)
+            out.append((name, shape, frags))
+        return out
+
+    def _flat_fragments(self, shapes: dict, states: list[dict], pads: Any) -> _Layout:
+        """Stage 1/2 without a map (older DeepSpeed): a running offset over equal partitions."""
+        size = states[0]["exp_avg"].numel
+        if not (isinstance(pads, list) and len(pads) == len(shapes)):
+            pads = [0] * len(shapes)
+        out, offset = [], 0
+        for (name, shape), pad in zip(shapes.items(), pads, strict=True):
+            lo, hi = offset, offset + math.prod(shape)
+            frags = []
+            for rank in range(lo // size, min(-(-hi // size), self.world)):
+                a, b = max(lo, rank * size), min(hi, (rank + 1) * size)
+                if b > a:
+                    frags.append(self._frag(states[rank], a - rank * size, b - a, a - lo))
+            self._check(name, shape, sum(f.count for f in frags))
+            out.append((name, shape, frags))
+            offset = hi + int(pad)
+        return out
+
+    def _stage3_fragments(self, shapes: dict, states: list[dict]) -> _Layout:
+        """Stage 3: each rank holds ceil(numel / W) elements of every parameter of the sub-group."""
+        out, within = [], 0
+        for name, shape in shapes.items():
+            numel = math.prod(shape)
+            per_rank = -(-numel // self.world)
+            frags = []
+            for rank in range(self.world):
+                count = max(0, min(per_rank, numel - rank * per_rank))
+                if count:
+                    frags.append(self._frag(states[rank], within, count, rank * per_rank))
+            out.append((name, shape, frags))
+            within += per_rank
+        size = states[0]["exp_avg"].numel
+        if within > size:
+            raise CorruptCheckpointError(
+                f"{self.optim_files[0]}: sub-group partition holds {size} elements, "
+                f"param_shapes need {within}"
+            )
+        return out
+
+    @staticmethod
+    def _frag(state: dict, start: int, count: int, offset: int) -> _Fragment:
+        vmax = state.get("max_exp_avg_sq")
+        return _Fragment(state["exp_avg"], state["exp_avg_sq"], vmax, start, count, offset)
+
+    def _check(self, name: str, shape: tuple[int, ...], found: int) -> None:
+        if found != math.prod(shape):
+            raise CorruptCheckpointError(
+                f"{self.folder}: '{name}' has {found} elements across ranks, "
+                f"param_shapes says {math.prod(shape)}"
+            )
