@@ -349,3 +349,121 @@ class DeepSpeedReader:
                 f"{self.folder}: '{name}' has {found} elements across ranks, "
                 f"param_shapes says {math.prod(shape)}"
             )
+
+
+def _universal_folder(path: Path) -> Path | None:
+    """The folder holding `zero/` of a universal checkpoint at `path` (itself or via latest*)."""
+    for folder in (resolve_tag_folder(path), path):
+        if folder is not None and (folder / "zero" / "optimizer_state.pt").is_file():
+            return folder
+    return None
+
+
+def _param_tensor(tree: Any, *, source: Path) -> Any:
+    """The tensor of a universal `<state>.pt` file: a bare tensor or {'param': tensor, ...}."""
+    if isinstance(tree, dict):
+        tree = tree.get("param")
+    if not is_tensor_like(tree):
+        raise CorruptCheckpointError(f"{source}: expected a tensor or a dict with 'param'")
+    return tree
+
+
+class DeepSpeedUniversalReader:
+    """A DeepSpeed universal checkpoint (`ds_to_universal`): one folder per parameter."""
+
+    name = "deepspeed-universal"
+
+    @classmethod
+    def probe(cls, path: Path) -> bool:
+        return Path(path).is_dir() and _universal_folder(Path(path)) is not None
+
+    def __init__(self, path: Path, *, options: ReaderOptions) -> None:
+        self.path = Path(path)
+        self.options = options
+        folder = _universal_folder(self.path)
+        if folder is None:
+            raise UnsupportedFormatError(f"{self.path}: no zero/optimizer_state.pt (not universal)")
+        self.folder = folder
+        self.zero = folder / "zero"
+        self.optim_sd = _load(self.zero / "optimizer_state.pt", options)
+        self.model_sd: dict = {}
+        if any((folder / m).is_file() for m in _MODEL_FILES):
+            self.model_sd = _load(_model_states(folder), options)
+        self.param_shapes = self._param_shapes()
+
+    def _param_shapes(self) -> list[OrderedDict[str, tuple[int, ...] | None]]:
+        if self.model_sd.get("param_shapes") is not None:
+            return list(_shapes(self.model_sd, source=_model_states(self.folder)))
+        names = sorted(p.name for p in self.zero.iterdir() if (p / "exp_avg.pt").is_file())
+        log.warning(
+            "%s: no model_states file with param_shapes; parameters listed alphabetically "
+            "and shaped as stored",
+            self.folder,
+        )
+        return [OrderedDict((n, None) for n in names)]
+
+    def _param_groups(self) -> list[dict]:
+        sd = self.optim_sd
+        for holder in (sd, sd.get("optimizer_state_dict"), sd.get("base_optimizer_state")):
+            if isinstance(holder, dict) and isinstance(holder.get("param_groups"), list):
+                return list(holder["param_groups"])
+        raise CorruptCheckpointError(f"{self.zero / 'optimizer_state.pt'}: no param_groups")
+
+    def describe(self) -> CheckpointInfo:
+        shapes = [s for group in self.param_shapes for s in group.values()]
+        steps = self.model_sd.get("global_steps")
+        n_params = sum(math.prod(s) for s in shapes if s is not None)
+        return CheckpointInfo(
+            path=self.path,
+            format=self.name,
+            step=int(steps) if isinstance(steps, int) else None,
+            n_tensors=len(shapes),
+            n_params=n_params,
+            bytes_on_disk=sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file()),
+            notes=(f"ZeRO stage {_stub_int(self.optim_sd.get('zero_stage'))} (universal)",),
+        )
+
+    def _step(self, name: str, j: int) -> float:
+        step_file = self.zero / name / "step.pt"
+        if step_file.is_file():
+            return _number(_load(step_file, self.options))
+        inner = self.optim_sd.get("optimizer_state_dict") or self.optim_sd.get(
+            "base_optimizer_state"
+        )
+        entry = inner.get("state", {}).get(j) if isinstance(inner, dict) else None
+        if isinstance(entry, dict) and entry.get("step") is not None:
+            return _number(entry["step"])
+        raise CorruptCheckpointError(
+            f"{self.zero / name}: no step.pt and no step in optimizer_state"
+        )
+
+    def iter_tensors(self) -> Iterator[TensorState]:
+        groups = self._param_groups()
+        source = str(self.zero / "optimizer_state.pt")
+        files = _OpenFiles()
+        for j, shapes in enumerate(self.param_shapes):
+            hp = hyper_params(_group_of(groups, j), source=source, options=self.options)
+            for name, shape in shapes.items():
+                folder = self.zero / name
+                if (
+                    not (folder / "exp_avg.pt").is_file()
+                    or not (folder / "exp_avg_sq.pt").is_file()
+                ):
+                    raise CorruptCheckpointError(f"{folder}: exp_avg.pt / exp_avg_sq.pt missing")
+                m = _param_tensor(_load(folder / "exp_avg.pt", self.options), source=folder)
+                v = _param_tensor(_load(folder / "exp_avg_sq.pt", self.options), source=folder)
+                shape = tuple(m.shape) if shape is None else shape
+                if not (m.numel == v.numel == math.prod(shape)):
+                    raise CorruptCheckpointError(
+                        f"{folder}: exp_avg has {m.numel} elements, exp_avg_sq {v.numel}, "
+                        f"param_shapes says {math.prod(shape)}"
+                    )
+                frags = [_Fragment(m, v, None, 0, m.numel, 0)]
+                yield TensorState(
+                    name=name,
+                    shape=shape,
+                    step=self._step(name, j),
+                    hp=hp,
+                    dtype=m.dtype_name,
+                    chunks=lambda n, fr=frags: stream_fragments(fr, n, files),
+                )
