@@ -1,0 +1,328 @@
+"""The only chunk-aware loop: stream a TensorState once and fold every chunk into a TensorSketch.
+
+Each chunk is moved to the device once, as float32; on CPU it is processed in cache-sized blocks.
+Per block, everything (sums, u and r, moments, min/max, five histograms) is computed with torch on
+that device; only a few scalars per block leave it. Memory is bounded by a chunk plus a few
+block-sized temporaries; no float64 copy of anything larger than a block is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from adamscope.config import StatsConfig
+from adamscope.errors import AdamscopeError
+from adamscope.readers.base import HyperParams, TensorState
+from adamscope.stats.adam import (
+    AdamCoefficients,
+    coefficients,
+    update_and_ratio,
+    update_and_ratio_raw,
+)
+from adamscope.stats.sketch import LOG_HI, LOG_LO, Moments, TensorSketch, combine_layer, name_key
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+_CPU_BLOCK = 1 << 18  # 1 MiB of float32: a block and its temporaries stay in L2/L3
+_SHIFT_POINTS = 4096  # points averaged for the shift of the moment sums
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as torch spells it."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AdamscopeError(f"--device {spec}: CUDA is not available on this machine")
+    return dev
+
+
+def tensor_state_from_tensors(
+    name: str,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    step: float,
+    hp: HyperParams,
+    vmax: torch.Tensor | None = None,
+    piece: tuple[int, int] | None = None,
+) -> TensorState:
+    """Wrap in-memory exp_avg / exp_avg_sq (/ max_exp_avg_sq) tensors as a TensorState.
+
+    For tests and for callers that already hold the state (e.g. a live optimizer).
+    """
+    if m.shape != v.shape or (vmax is not None and vmax.shape != m.shape):
+        raise AdamscopeError(f"{name}: exp_avg {tuple(m.shape)} and exp_avg_sq shapes differ")
+    fm, fv = m.detach().reshape(-1), v.detach().reshape(-1)
+    fx = vmax.detach().reshape(-1) if vmax is not None else None
+
+    def chunks(n: int) -> Iterator[tuple[int, Any, Any, Any]]:
+        for s in range(0, fm.numel(), n):
+            yield s, fm[s : s + n], fv[s : s + n], None if fx is None else fx[s : s + n]
+
+    return TensorState(
+        name=name,
+        shape=tuple(m.shape),
+        step=float(step),
+        hp=hp,
+        dtype=str(m.dtype).replace("torch.", ""),
+        chunks=chunks,
+        piece=piece,
+    )
+
+
+class _Sampler:
+    """Which global flat indices of a tensor are in its uniform sample.
+
+    Every coordinate is kept independently with probability p = dip_sample / total (all of them when
+    total <= dip_sample): the index space is cut into fixed cells, each cell draws its count
+    (binomial) and positions (without replacement) from a generator seeded by (seed, name, cell).
+    The sample is therefore the same whatever the chunk size or the split into pieces, and pieces'
+    samples merge by concatenation. `TensorSketch.dip_sample` trims the rare excess over dip_sample.
+    """
+
+    def __init__(self, name: str, total: int, k: int, seed: int) -> None:
+        self.total = total
+        self.all = total <= k
+        self.p = min(1.0, k / max(total, 1))
+        self.cell = max(1 << 16, -(-total // 1024))
+        self.key = name_key(name)
+        self.seed = seed
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def _positions(self, c: int) -> np.ndarray:
+        if self._cached is not None and self._cached[0] == c:
+            return self._cached[1]
+        lo = c * self.cell
+        size = min(self.cell, self.total - lo)
+        rng = np.random.default_rng([self.seed, self.key, c])
+        cnt = int(rng.binomial(size, self.p))
+        pos = np.sort(rng.choice(size, size=cnt, replace=False)).astype(np.int64) + lo
+        self._cached = (c, pos)
+        return pos
+
+    def indices(self, g0: int, g1: int) -> np.ndarray:
+        """Sorted global indices in [g0, g1) that belong to the sample."""
+        if self.all:
+            return np.arange(g0, g1, dtype=np.int64)
+        parts = []
+        for c in range(g0 // self.cell, (g1 - 1) // self.cell + 1):
+            pos = self._positions(c)
+            parts.append(pos[np.searchsorted(pos, g0) : np.searchsorted(pos, g1)])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+class _Folder:
+    """Folds blocks of float32 (m, v, vd) into histograms (on the device) and float64 scalars."""
+
+    def __init__(self, k: AdamCoefficients, cfg: StatsConfig, device: torch.device) -> None:
+        import torch
+
+        self.torch = torch
+        self.k = k
+        self.cpu = device.type == "cpu"
+        nb, bpd = cfg.hist_bins, cfg.log_bins_per_decade
+        self.nb, self.n_log = nb, (LOG_HI - LOG_LO) * bpd
+        half = k.hist_range
+        # bin index + 1 (bin 0 = underflow, last = overflow) = x * scale + offset, truncated
+        self.lin = (nb / (2.0 * half), nb / 2.0 + 1.0)
+        self.logq = (float(bpd), -LOG_LO * bpd + 1.0)
+        # log10 sqrt(v_hat) = 0.5 log10(v) - 0.5 log10(bc2): binned straight from log10(v)
+        self.logv = (0.5 * bpd, (-0.5 * math.log10(k.bc2) - LOG_LO) * bpd + 1.0)
+        thr = np.float32(k.eps * k.eps * k.bc2)  # sqrt(v_hat) < eps  <=>  vd < eps**2 (1 - b2**t)
+        self.below_thr = float(thr) if thr > 0 else None
+        self.hists = {
+            q: torch.zeros(size + 2, dtype=torch.int64, device=device)
+            for q, size in (
+                ("u", nb),
+                ("r", nb),
+                ("log10_abs_u", self.n_log),
+                ("log10_abs_r", self.n_log),
+                ("log10_sqrt_vhat", self.n_log),
+            )
+        }
+        self.blocks: list[Any] = []  # per block: float64 tensor of scalars (see `_SCALARS`)
+        self.ns: list[int] = []
+        self.nonfinite = 0
+        self._no_zeros = torch.zeros((), dtype=torch.int64, device=device)
+
+    def _count(
+        self, q: str, x: torch.Tensor, scale: float, offset: float, top: int, inplace: bool = False
+    ) -> None:
+        """Add x to histogram q (overwriting x when `inplace`)."""
+        t = self.torch
+        y = x.mul_(scale) if inplace else x.mul(scale)
+        idx = y.add_(offset).clamp_(0.0, top + 1.0).to(t.int32)
+        self.hists[q] += t.bincount(idx, minlength=top + 2)
+
+    def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # BLAS sdot is fast and accurate enough on a CPU block; on GPUs a tree reduction is free.
+        return self.torch.dot(a, b) if self.cpu else (a * b).sum()
+
+    def _moment_sums(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[shift, S1..S4], S_k = sum (x - shift)**k; the shift (a strided mean) keeps S1 small."""
+        stride = max(1, x.numel() // _SHIFT_POINTS)
+        c = x[::stride].mean()
+        d = x - c
+        d2 = d * d
+        return [c, d.sum(), d2.sum(), self._dot(d2, d), self._dot(d2, d2)]
+
+    def _sums(
+        self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], bool]:
+        """[sum v, sum m**2] and whether every term was finite (an inf/nan term poisons a sum)."""
+        t = self.torch
+        sums = [v.sum(), self._dot(m, m)]
+        extra = [vd.sum()] if vd is not None else []
+        check = t.stack(sums + extra).tolist()
+        if check[1] < 1e-30 * m.numel():  # squares of |m| < 1e-19 underflow in float32
+            sums[1] = t.dot(m.double(), m.double())
+        return sums, all(math.isfinite(x) for x in check)
+
+    def block(self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, has_vmax: bool) -> None:
+        """Fold one block; m, v, vd are float32 1-D on the device and may hold NaN/Inf."""
+        t = self.torch
+        sums, finite = self._sums(m, v, vd if has_vmax else None)
+        if not finite:
+            ok = t.isfinite(m) & t.isfinite(v)
+            if has_vmax:
+                ok &= t.isfinite(vd)
+            bad = m.numel() - int(ok.sum())
+            if bad:
+                self.nonfinite += bad
+                m, v, vd = m[ok], v[ok], vd[ok]
+                if not m.numel():
+                    return
+            sums, finite = self._sums(m, v, vd if has_vmax else None)
+            if not finite:  # finite terms, overflowing float32 sum
+                sums = [v.double().sum(), t.dot(m.double(), m.double())]
+        n = m.numel()
+        self._count("log10_sqrt_vhat", t.log10(v), *self.logv, self.n_log, inplace=True)
+        below = t.count_nonzero(vd < self.below_thr if self.below_thr else vd <= 0)
+        u, r = update_and_ratio_raw(m, vd, self.k)
+        rlo, rhi = t.aminmax(r)
+        zeros = self._no_zeros
+        # On CPU look first (cheap); on a GPU always fix, a sync would cost more than the work.
+        if not self.cpu or not (math.isfinite(rlo) and math.isfinite(rhi)):
+            zero = vd == 0
+            zeros = t.count_nonzero(zero)
+            r.masked_fill_(zero, 0.0)
+            r.nan_to_num_(nan=0.0)  # |m| huge over a denormal v (edited state) may overflow
+            rlo, rhi = t.aminmax(r)
+        ulo, uhi = t.aminmax(u)
+        parts = [*sums, below, zeros, ulo, uhi, rlo, rhi]
+        parts += self._moment_sums(u) + self._moment_sums(r)
+        self._count("u", u, *self.lin, self.nb)
+        self._count("r", r, *self.lin, self.nb)
+        self._count("log10_abs_u", u.abs_().log10_(), *self.logq, self.n_log, inplace=True)
+        self._count("log10_abs_r", r.abs_().log10_(), *self.logq, self.n_log, inplace=True)
+        self.blocks.append(t.stack([p.to(t.float64) for p in parts]))
+        self.ns.append(n)
+
+    def finish(self, sk: TensorSketch) -> None:
+        """Combine the per-block scalars (float64, Pebay) into the sketch."""
+        sk.nonfinite += self.nonfinite
+        for q, h in self.hists.items():
+            sk.hists[q] = sk.hists[q] + h.cpu().numpy()
+        if not self.blocks:
+            return
+        rows = self.torch.stack(self.blocks).cpu().numpy()
+        for n, row in zip(self.ns, rows, strict=True):
+            vs, ms, below, zeros, ulo, uhi, rlo, rhi = row[:8]
+            sk.v_sum += float(vs)
+            sk.m_sq += float(ms)
+            sk.below_eps += int(below)
+            sk.zero_v += int(zeros)
+            sk.u_min, sk.u_max = min(sk.u_min, float(ulo)), max(sk.u_max, float(uhi))
+            sk.r_min, sk.r_max = min(sk.r_min, float(rlo)), max(sk.r_max, float(rhi))
+            sk.mu = sk.mu.merge(Moments.from_shifted_sums(n, *map(float, row[8:13])))
+            sk.mr = sk.mr.merge(Moments.from_shifted_sums(n, *map(float, row[13:18])))
+        sk.vhat_sum = sk.v_sum / self.k.bc2
+
+
+def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
+    """One streaming pass over `ts.chunks(cfg.chunk_elems)` -> the tensor's (or piece's) sketch.
+
+    Raises:
+        AdamscopeError: invalid hyper-parameters/step, or a reader that yields a different number
+            of elements than the tensor's shape says.
+    """
+    import torch
+
+    device = resolve_device(cfg.device)
+    k = coefficients(ts.hp, ts.step, convention=cfg.convention, name=ts.name)
+    sk = TensorSketch(name=ts.name, step=ts.step, hp=ts.hp, cfg=cfg, half_width=k.hist_range)
+    total = ts.piece[1] if ts.piece else ts.numel
+    sampler = _Sampler(ts.name, total, cfg.dip_sample, cfg.seed)
+    folder = _Folder(k, cfg, device)
+    block = _CPU_BLOCK if device.type == "cpu" else max(cfg.chunk_elems, 1)
+    base: int | None = None
+    seen = 0
+    samples: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
+    warned = False
+    with torch.no_grad():
+        for start, m, v, vmax in ts.chunks(cfg.chunk_elems):
+            if base is None:  # chunk starts may count from the piece or from the whole tensor
+                base = ts.piece[0] if ts.piece and start == 0 else 0
+            m, v = _f32(m, device), _f32(v, device)
+            if vmax is None and ts.hp.amsgrad and not warned:
+                log.warning("%s: amsgrad but no max_exp_avg_sq stored; using exp_avg_sq", ts.name)
+                warned = True
+            vd = v if vmax is None else _f32(vmax, device)
+            n = m.numel()
+            seen += n
+            g0 = base + start
+            idx = sampler.indices(g0, g0 + n)
+            if idx.size:
+                samples.append(_sample(m, vd, idx, g0, k))
+            for s in range(0, n, block):
+                e = s + block
+                folder.block(m[s:e], v[s:e], vd[s:e], vmax is not None)
+    if ts.piece is None and seen != ts.numel:
+        raise AdamscopeError(
+            f"{ts.name}: the reader yielded {seen} elements for a tensor of shape {list(ts.shape)}"
+        )
+    sk.numel = seen
+    folder.finish(sk)
+    if samples:
+        sk.sample_idx = np.concatenate([s[0] for s in samples])
+        sk.sample_u = torch.cat([s[1] for s in samples]).cpu().numpy()
+        sk.sample_r = torch.cat([s[2] for s in samples]).cpu().numpy()
+    return sk
+
+
+def _f32(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    import torch
+
+    return x.reshape(-1).to(device=device, dtype=torch.float32)
+
+
+def _sample(
+    m: torch.Tensor, vd: torch.Tensor, idx: np.ndarray, g0: int, k: AdamCoefficients
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """u and r at the sampled coordinates of a chunk (non-finite ones dropped)."""
+    import torch
+
+    pos = torch.from_numpy(idx - g0).to(m.device)
+    sm, sd = m[pos], vd[pos]
+    ok = torch.isfinite(sm) & torch.isfinite(sd)
+    if not bool(ok.all()):
+        sm, sd = sm[ok], sd[ok]
+        idx = idx[ok.cpu().numpy()]
+    u, r = update_and_ratio(sm, sd, k)
+    return idx, u, r
+
+
+def merge_layer(sketches: list[TensorSketch], *, name: str | None = None) -> TensorSketch:
+    """A layer's sketch from its tensors': merged moments; dip on a numel-weighted sample."""
+    return combine_layer(sketches, name=name)
