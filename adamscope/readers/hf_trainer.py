@@ -97,11 +97,12 @@ class HFTrainerReader:
         )
 
     def iter_tensors(self) -> Iterator[TensorState]:
-        from adamscope.readers.torch_optim import iter_adam_states
+        from adamscope.readers.torch_optim import check_adam, iter_adam_states
 
+        source = str(self.path / OPTIMIZER)
+        check_adam(self._state_dict(), source=source)  # SGD/Adafactor: say so before naming
         names = self._param_names()
         by_name = {names[i]: cands for i, cands in self._ambiguous.items()}
-        source = str(self.path / OPTIMIZER)
         for ts in iter_adam_states(self._state_dict(), names, source=source, options=self.options):
             cands = by_name.get(ts.name)
             if cands:
@@ -144,7 +145,7 @@ class HFTrainerReader:
         if stored is not None:
             self._names, self._method = stored, "param_names stored in optimizer.pt"
             return stored
-        config_dir = self.options.model or self.path
+        config_dir = Path(self.options.model) if self.options.model else self.path
         try:
             names = names_from_config(config_dir, groups, shapes, source=self.path / OPTIMIZER)
             self._method = f"model built on the meta device from {config_dir / 'config.json'}"
