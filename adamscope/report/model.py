@@ -1,0 +1,289 @@
+"""What the report says, computed from the tables: summary, stage history, verdict, loss spikes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from adamscope.errors import AdamscopeError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("healthy", "vanishing", "primed", "unstable")
+SEVERITY = {None: -1, "healthy": 0, "vanishing": 1, "primed": 2, "unstable": 3}
+FLAGGED = ("primed", "unstable")
+
+# Robust loss-spike rule (THEORY.md, "Leads"): z > 6 against the trailing 50 steps' median and MAD.
+SPIKE_Z = 6.0
+SPIKE_WINDOW = 50
+SPIKE_MERGE = 20  # spike steps closer than this belong to one event
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    index: int
+    name: str
+    step: int
+
+
+@dataclass
+class LayerHistory:
+    """One layer's stage at every checkpoint, and the moments that matter for the verdict."""
+
+    layer: str
+    depth: int
+    stages: list[str | None]  # per checkpoint index (None: too small, or absent)
+    first: dict[str, int] = field(default_factory=dict)  # stage -> first checkpoint index
+
+    @property
+    def worst(self) -> str | None:
+        return max(self.stages, key=lambda s: SEVERITY[s], default=None)
+
+    @property
+    def flagged(self) -> bool:
+        return any(s in FLAGGED for s in self.stages)
+
+
+@dataclass(frozen=True)
+class Spike:
+    step: int  # first step over the threshold
+    peak_step: int
+    peak_loss: float
+    baseline: float  # trailing median before the spike
+
+
+@dataclass
+class RunData:
+    tables_dir: Path
+    manifest: dict[str, Any]
+    tensors: pl.DataFrame
+    layers: pl.DataFrame
+    losses: pl.DataFrame | None
+    checkpoints: list[Checkpoint]
+    histories: list[LayerHistory]  # depth order
+    spikes: list[Spike]
+
+
+def read_tables(tables_dir: Path) -> RunData:
+    """Read what `adamscope analyze` wrote into `tables_dir`.
+
+    Raises:
+        AdamscopeError: `tables_dir` lacks layers.parquet or tensors.parquet, or they are empty.
+    """
+    tables_dir = Path(tables_dir)
+    paths = {n: tables_dir / f"{n}.parquet" for n in ("tensors", "layers", "losses")}
+    for name in ("tensors", "layers"):
+        if not paths[name].exists():
+            raise AdamscopeError(
+                f"{paths[name]}: missing; run `adamscope analyze PATH -o {tables_dir}` first"
+            )
+    layers = pl.read_parquet(paths["layers"])
+    tensors = pl.read_parquet(paths["tensors"])
+    if layers.is_empty():
+        raise AdamscopeError(f"{paths['layers']}: no rows; nothing to report")
+    manifest: dict[str, Any] = {}
+    mpath = tables_dir / "manifest.json"
+    if mpath.exists():
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise AdamscopeError(f"{mpath}: not valid JSON ({e})") from e
+    else:
+        log.warning("%s: missing; the report's reproduce section will be incomplete", mpath)
+    losses = None
+    if paths["losses"].exists():
+        losses = pl.read_parquet(paths["losses"]).filter(pl.col("loss").is_finite()).sort("step")
+        losses = losses.unique("step", keep="last", maintain_order=True)
+    checkpoints = _checkpoints(layers)
+    return RunData(
+        tables_dir=tables_dir,
+        manifest=manifest,
+        tensors=tensors,
+        layers=layers,
+        losses=losses if losses is not None and losses.height else None,
+        checkpoints=checkpoints,
+        histories=_histories(layers, checkpoints),
+        spikes=find_spikes(losses) if losses is not None else [],
+    )
+
+
+def _checkpoints(layers: pl.DataFrame) -> list[Checkpoint]:
+    ck = layers.group_by("checkpoint").agg(pl.col("step").max()).sort(["step", "checkpoint"])
+    return [Checkpoint(i, c, int(s)) for i, (c, s) in enumerate(ck.iter_rows())]
+
+
+def _histories(layers: pl.DataFrame, checkpoints: list[Checkpoint]) -> list[LayerHistory]:
+    index = {c.name: c.index for c in checkpoints}
+    hist: dict[str, LayerHistory] = {}
+    depth = layers.group_by("layer").agg(pl.col("depth").min()).sort(["depth", "layer"])
+    for name, d in depth.iter_rows():
+        hist[name] = LayerHistory(name, int(d), [None] * len(checkpoints))
+    for layer, ckpt, stage in layers.select("layer", "checkpoint", "stage").iter_rows():
+        hist[layer].stages[index[ckpt]] = stage
+    for h in hist.values():
+        for i, s in enumerate(h.stages):
+            if s is not None:
+                h.first.setdefault(s, i)
+    return list(hist.values())
+
+
+def find_spikes(losses: pl.DataFrame) -> list[Spike]:
+    """Loss spikes: robust z > SPIKE_Z against the trailing SPIKE_WINDOW steps (median, 1.4826 MAD)."""
+    if losses.height <= SPIKE_WINDOW:
+        return []
+    steps = losses["step"].to_numpy()
+    loss = losses["loss"].to_numpy().astype(np.float64)
+    n, w = len(loss), SPIKE_WINDOW
+    z = np.zeros(n)
+    med = np.zeros(n)
+    for lo in range(w, n, 65536):  # in blocks: the sliding windows would otherwise be n x w floats
+        hi = min(n, lo + 65536)
+        win = np.lib.stride_tricks.sliding_window_view(loss[lo - w : hi - 1], w)
+        m = np.median(win, axis=1)
+        mad = 1.4826 * np.median(np.abs(win - m[:, None]), axis=1)
+        scale = np.maximum(mad, 1e-6 * np.maximum(np.abs(m), 1.0))
+        z[lo:hi] = (loss[lo:hi] - m) / scale
+        med[lo:hi] = m
+    spikes: list[Spike] = []
+    hits = np.flatnonzero(z > SPIKE_Z)
+    start = 0
+    for k in range(len(hits) + 1):
+        if k == len(hits) or (k > start and steps[hits[k]] - steps[hits[k - 1]] > SPIKE_MERGE):
+            if k > start:
+                grp = hits[start:k]
+                peak = grp[np.argmax(loss[grp])]
+                spikes.append(
+                    Spike(
+                        int(steps[grp[0]]), int(steps[peak]), float(loss[peak]), float(med[grp[0]])
+                    )
+                )
+            start = k
+    return spikes
+
+
+def default_checkpoint(run: RunData) -> Checkpoint:
+    """The first checkpoint with a primed or unstable layer; the last when there is none."""
+    firsts = [min(h.first[s] for s in FLAGGED if s in h.first) for h in run.histories if h.flagged]
+    return run.checkpoints[min(firsts)] if firsts else run.checkpoints[-1]
+
+
+def pick_checkpoint(run: RunData, wanted: str | int | None) -> Checkpoint:
+    """Resolve a checkpoint given as its path (as in the tables) or step; None picks the default.
+
+    Raises:
+        AdamscopeError: no checkpoint has that path or step.
+    """
+    if wanted is None:
+        return default_checkpoint(run)
+    for c in run.checkpoints:
+        if c.name == str(wanted) or (str(wanted).lstrip("-").isdigit() and c.step == int(wanted)):
+            return c
+    shown = ", ".join(f"{c.name} (step {c.step})" for c in run.checkpoints[:5])
+    raise AdamscopeError(
+        f"{run.tables_dir}: no checkpoint {wanted!r} in layers.parquet; try one of: {shown}"
+    )
+
+
+def checkpoint_before(run: RunData, step: int) -> Checkpoint | None:
+    """The last checkpoint saved at or before `step`."""
+    before = [c for c in run.checkpoints if c.step <= step]
+    return before[-1] if before else None
+
+
+def key_checkpoints(run: RunData, chosen: Checkpoint, *, limit: int = 8) -> list[Checkpoint]:
+    """Checkpoints worth a table: the chosen one, first primed/unstable, before each spike, the last."""
+    picks = [chosen]
+    for stage in ("vanishing", *FLAGGED):
+        firsts = [h.first[stage] for h in run.histories if stage in h.first]
+        if firsts:
+            picks.append(run.checkpoints[min(firsts)])
+    for sp in run.spikes:
+        c = checkpoint_before(run, sp.step)
+        if c is not None:
+            picks.append(c)
+    picks.append(run.checkpoints[-1])
+    unique = list(dict.fromkeys(picks))[:limit]
+    return sorted(unique, key=lambda c: c.index)
+
+
+TABLE_COLUMNS = [
+    # (key, header, kind): kind drives formatting and sorting in report.js
+    ("layer", "layer", "text"),
+    ("depth", "depth", "int"),
+    ("stage", "stage", "stage"),
+    ("suppression", "suppression", "num"),
+    ("grad_rms", "grad_rms", "sci"),
+    ("eps", "eps", "sci"),
+    ("grad_over_eps", "grad_rms / eps", "ratio"),
+    ("dip_r", "dip(r)", "num"),
+    ("dip_p_r", "p(dip r)", "num"),
+    ("frac_below_eps", "below eps", "pct"),
+    ("u_rms", "rms(u)", "num"),
+    ("r_rms", "rms(r)", "num"),
+    ("numel", "numel", "int"),
+    ("first_flag", "first primed/unstable", "int"),
+]
+
+
+def layer_rows(run: RunData, ckpt: Checkpoint) -> list[list[Any]]:
+    """The per-layer table of one checkpoint as rows in TABLE_COLUMNS order (JSON-ready)."""
+    lay = run.layers.filter(pl.col("checkpoint") == ckpt.name)
+    eps = (
+        run.tensors.filter(pl.col("checkpoint") == ckpt.name)
+        .group_by("layer")
+        .agg(pl.col("eps").min())
+    )
+    lay = lay.join(eps, on="layer", how="left").sort(["depth", "layer"])
+    first_flag = {}
+    for h in run.histories:
+        idx = [h.first[s] for s in FLAGGED if s in h.first]
+        if idx:
+            first_flag[h.layer] = run.checkpoints[min(idx)].step
+    rows = []
+    for r in lay.iter_rows(named=True):
+        g, e = r["grad_rms"], r["eps"]
+        r["grad_over_eps"] = g / e if g is not None and e else None
+        r["first_flag"] = first_flag.get(r["layer"])
+        rows.append([_json_num(r.get(k)) for k, _, _ in TABLE_COLUMNS])
+    return rows
+
+
+def _json_num(x: Any) -> Any:
+    if isinstance(x, float):
+        if not np.isfinite(x):
+            return None
+        return float(f"{x:.5g}")
+    return x
+
+
+def summary(run: RunData) -> dict[str, Any]:
+    """Run facts for the summary section (plain values, formatted by the renderer)."""
+    last = run.checkpoints[-1]
+    t_last = run.tensors.filter(pl.col("checkpoint") == last.name)
+    groups = (
+        run.tensors.group_by(["beta1", "beta2", "eps", "weight_decay"])
+        .agg(pl.col("tensor").n_unique().alias("tensors"))
+        .sort("tensors", descending=True)
+    )
+    lr = run.tensors.select(pl.col("lr").min().alias("lo"), pl.col("lr").max().alias("hi")).row(0)
+    steps = [c.step for c in run.checkpoints]
+    return {
+        "checkpoints": len(run.checkpoints),
+        "first_step": steps[0],
+        "last_step": steps[-1],
+        "interval": int(np.median(np.diff(steps))) if len(steps) > 1 else None,
+        "parameters": int(t_last["numel"].sum()) if t_last.height else None,
+        "tensors": t_last.height,
+        "layers": len(run.histories),
+        "dtypes": sorted(x for x in t_last["dtype"].unique().to_list() if x is not None),
+        "groups": groups.rows(named=True),
+        "lr": lr,
+        "loss_steps": run.losses.height if run.losses is not None else 0,
+        "spikes": len(run.spikes),
+    }
