@@ -46,28 +46,40 @@ def discover(path: Path) -> list[Found]:
     if path.is_file():
         return [Found(path, step_from_name(path), registry.detect(path))]
     children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    stepped = [c for c in children if step_from_name(c) is not None]
-    found: list[Found] = []
-    for child in stepped:
+    stepped = _readable([c for c in children if step_from_name(c) is not None])
+    if len(stepped) >= 2 or (stepped and not _probe_quiet(path)):
+        stepped.sort(key=lambda f: (f.name_step if f.name_step is not None else -1, f.path.name))
+        return stepped
+    if _probe_quiet(path):
+        return [Found(path, step_from_name(path), registry.detect(path))]
+    # A folder holding checkpoint files without steps in their names (nanoGPT's out/ckpt.pt).
+    plain = _readable([c for c in children if c.is_file()])
+    if plain:
+        if len(plain) > 1:
+            log.warning(
+                "%s: %d checkpoints without a step in their names; analysed in name order",
+                path,
+                len(plain),
+            )
+        return plain
+    listing = ", ".join(c.name for c in children[:12]) or "nothing"
+    more = f" (+{len(children) - 12} more)" if len(children) > 12 else ""
+    raise UnsupportedFormatError(
+        f"{path}: no checkpoint found; the folder holds {listing}{more}. Expected a checkpoint "
+        "file/folder or a run folder of checkpoint-N, step_N, global_stepN or *step=N*.ckpt entries"
+    )
+
+
+def _readable(paths: list[Path]) -> list[Found]:
+    from adamscope.readers import registry
+
+    found = []
+    for p in paths:
         try:
-            reader = registry.detect(child)
+            found.append(Found(p, step_from_name(p), registry.detect(p)))
         except AdamscopeError:
             continue
-        found.append(Found(child, step_from_name(child), reader))
-    if len(found) >= 2 or (found and not _probe_quiet(path)):
-        found.sort(key=lambda f: (f.name_step if f.name_step is not None else -1, f.path.name))
-        return found
-    try:
-        return [Found(path, step_from_name(path), registry.detect(path))]
-    except UnsupportedFormatError:
-        if found:
-            return found
-        listing = ", ".join(c.name for c in children[:12]) or "nothing"
-        more = f" (+{len(children) - 12} more)" if len(children) > 12 else ""
-        raise UnsupportedFormatError(
-            f"{path}: no checkpoint found; the folder holds {listing}{more}. Expected a checkpoint "
-            "file/folder or a run folder of checkpoint-N, step_N, global_stepN or *step=N*.ckpt entries"
-        ) from None
+    return found
 
 
 def _probe_quiet(path: Path) -> bool:
