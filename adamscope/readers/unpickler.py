@@ -11,6 +11,7 @@ only record the state they were given. Any other global raises `UnsafePickleErro
 
 from __future__ import annotations
 
+import _compat_pickle
 import builtins
 import codecs
 import collections
@@ -286,6 +287,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         return StorageRef(str(key), storage_type.dtype, str(location), int(size))
 
     def find_class(self, module: str, name: str) -> Any:
+        # protocol-2 pickles name Python 2 modules (__builtin__, copy_reg); map them as pickle does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualname = f"{module}.{name}"
         found = self._lookup(module, name, qualname)
         if found is not None:
