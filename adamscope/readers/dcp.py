@@ -1,0 +1,465 @@
+"""PyTorch Distributed Checkpoint folders (`.metadata` + `*.distcp`), read in one process, chunk by
+chunk, without a process group.
+
+Written by FSDP2 `get_state_dict` + `dcp.save` (keys `optim.state.<fqn>.exp_avg`,
+`optim.param_groups.<i>.<hp>`), torchtitan (flattened: `optimizer.state.<fqn>...`,
+`optimizer.param_groups.<fqn>.lr`) and HF Trainer/accelerate under FSDP (`optimizer_0/`).
+`.metadata` is a pickle of torch's checkpoint dataclasses: a restricted unpickler reads it, its
+allowlist mapping exactly those classes to inert records. Each tensor chunk is its own torch.save
+blob at (file, byte offset, length); we locate its storage entry and read only the requested
+elements with positional reads (memory bounded by the chunk size the engine asks for).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adamscope.errors import (
+    CorruptCheckpointError,
+    NotAdamError,
+    UnsafePickleError,
+    UnsupportedFormatError,
+)
+from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
+from adamscope.readers.torch_optim import hyper_params
+
+log = logging.getLogger(__name__)
+
+_DCP = "torch.distributed.checkpoint.metadata."
+_RECORDS = frozenset(
+    _DCP + n
+    for n in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "TensorProperties",
+        "MetadataIndex",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
+    )
+) | {"torch.distributed.checkpoint.filesystem._StorageInfo"}
+_DTYPES = frozenset(
+    {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8"}
+    | {"bool", "float8_e4m3fn", "float8_e5m2"}
+)
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+
+
+class _Record:
+    """Inert stand-in for one of torch's checkpoint dataclasses: records args and pickled state."""
+
+    qualname = "?"
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def get(self, field: str, default: Any = None) -> Any:
+        state = self.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]}  # (dict, slots) state of slotted dataclasses
+        return state.get(field, default) if isinstance(state, dict) else default
+
+
+_record_types = {q: type(q.rsplit(".", 1)[1], (_Record,), {"qualname": q}) for q in _RECORDS}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Allows only torch's DCP metadata classes (as records), torch.Size, dtypes and paths."""
+
+    def __init__(self, file: io.BufferedIOBase, *, source: Path) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualname = f"{module}.{name}"
+        if qualname in _record_types:
+            return _record_types[qualname]
+        if qualname == "torch.Size":
+            return tuple
+        if module == "torch" and name in _DTYPES:
+            return name  # dtypes are kept by name
+        if qualname == "torch.serialization._get_layout":
+            return str
+        if qualname in ("pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path"):
+            return lambda *parts: "/".join(str(p) for p in parts)
+        if qualname == "collections.OrderedDict":
+            return dict
+        raise UnsafePickleError(
+            f"{self.source}: refusing to load global '{qualname}' (not a DCP metadata class; "
+            "nothing was executed)"
+        )
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: Path
+    byte_offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One flat key of the checkpoint: a sharded tensor (dtype, size, chunks) or a bytes object."""
+
+    key: str
+    path: tuple[Any, ...]
+    dtype: str | None
+    size: tuple[int, ...] | None
+    chunks: tuple[_Chunk, ...]
+
+
+def read_metadata(folder: Path) -> dict[str, _Entry]:
+    """Parses `<folder>/.metadata` safely into flat key -> _Entry (in the file's key order)."""
+    source = folder / ".metadata"
+    try:
+        with open(source, "rb") as f:
+            md = _MetadataUnpickler(f, source=source).load()
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as e:
+        raise CorruptCheckpointError(f"{source}: cannot unpickle DCP metadata ({e})") from None
+    if not isinstance(md, _Record) or not isinstance(md.get("state_dict_metadata"), dict):
+        raise CorruptCheckpointError(f"{source}: not a DCP Metadata object")
+    storage: dict[tuple[str, tuple[int, ...] | None], Any] = {}
+    for index, info in (md.get("storage_data") or {}).items():
+        offset = index.get("offset")
+        storage[(index.get("fqn"), None if offset is None else tuple(offset))] = info
+    planner = md.get("planner_data") or {}
+    entries = {}
+    for key, meta in md.get("state_dict_metadata").items():
+        path = tuple(planner.get(key, ())) or tuple(key.split("."))
+        chunks = []
+        raw_chunks = meta.get("chunks") if meta.qualname.endswith("TensorStorageMetadata") else None
+        for c in raw_chunks or [None]:
+            offsets = None if c is None else tuple(c.get("offsets"))
+            info = storage.get((key, offsets))
+            if info is None:
+                raise CorruptCheckpointError(f"{source}: no storage entry for '{key}' at {offsets}")
+            if info.get("transform_descriptors"):
+                raise UnsupportedFormatError(
+                    f"{source}: '{key}' is stored with transforms "
+                    f"{info.get('transform_descriptors')} (compressed DCP is not supported)"
+                )
+            chunks.append(
+                _Chunk(
+                    offsets=offsets or (),
+                    sizes=() if c is None else tuple(c.get("sizes")),
+                    file=folder / str(info.get("relative_path")),
+                    byte_offset=int(info.get("offset")),
+                    length=int(info.get("length")),
+                )
+            )
+        dtype, size = None, None
+        if raw_chunks is not None:
+            props = meta.get("properties")
+            # TensorProperties pickles as a tuple (dtype, layout, ...) in recent torch, else a dict
+            dtype = props.state[0] if isinstance(props.state, tuple) else props.get("dtype")
+            size = tuple(meta.get("size"))
+        entries[key] = _Entry(key, path, dtype, size, tuple(chunks))
+    return entries
+
+
+class _BlobTensor:
+    """The tensor inside one chunk's torch.save blob, read by element ranges with pread."""
+
+    def __init__(self, chunk: _Chunk) -> None:
+        from adamscope.readers.unpickler import RestrictedUnpickler
+
+        self.chunk = chunk
+        with open(chunk.file, "rb") as f:
+            head = os.pread(f.fileno(), 4, chunk.byte_offset)
+            if head[:2] != b"PK":  # raw bytes (DCP's safetensors serialization): dtype from meta
+                raise UnsupportedFormatError(f"{chunk.file}: chunk is not a torch.save blob")
+            view = _SliceFile(f, chunk.byte_offset, chunk.length)
+            with zipfile.ZipFile(view) as zf:
+                pkl = min((n for n in zf.namelist() if n.endswith("data.pkl")), key=len)
+                prefix = pkl[: -len("data.pkl")]
+                found: list[tuple] = []
+
+                def make_tensor(storage, offset, shape, stride, dtype):  # noqa: ANN001, ANN202
+                    found.append((storage, offset, shape, stride, dtype))
+                    return found[-1]
+
+                RestrictedUnpickler(
+                    io.BytesIO(zf.read(pkl)), source=str(chunk.file), make_tensor=make_tensor
+                ).load()
+                if len(found) != 1:
+                    raise CorruptCheckpointError(
+                        f"{chunk.file}: chunk blob holds {len(found)} tensors"
+                    )
+                storage, self.offset, self.shape, stride, self.dtype = found[0]
+                info = zf.getinfo(f"{prefix}data/{storage.key}")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise UnsupportedFormatError(f"{chunk.file}: compressed chunk storage")
+                header = os.pread(f.fileno(), 30, chunk.byte_offset + info.header_offset)
+                name_len = int.from_bytes(header[26:28], "little")
+                extra_len = int.from_bytes(header[28:30], "little")
+                self.data_start = chunk.byte_offset + info.header_offset + 30 + name_len + extra_len
+        expected = [math.prod(self.shape[i + 1 :]) for i in range(len(self.shape))]
+        if any(s != e for s, e, n in zip(stride, expected, self.shape, strict=True) if n > 1):
+            raise UnsupportedFormatError(f"{chunk.file}: non-contiguous chunk tensor")
+        import torch
+
+        self.torch_dtype = getattr(torch, self.dtype)
+        self.itemsize = torch.empty((), dtype=self.torch_dtype).element_size()
+        self.numel = math.prod(self.shape)
+
+    def read(self, start: int, stop: int) -> Any:
+        """Elements [start, stop) of the chunk in flat order, as a new 1-D tensor."""
+        import torch
+
+        out = torch.empty(max(0, stop - start), dtype=self.torch_dtype)
+        if stop <= start:
+            return out
+        buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        pos = self.data_start + (self.offset + start) * self.itemsize
+        fd = os.open(self.chunk.file, os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(buf):
+                n = os.preadv(fd, [buf[done:]], pos + done)
+                if n <= 0:
+                    raise CorruptCheckpointError(f"{self.chunk.file}: truncated chunk at {pos}")
+                done += n
+        finally:
+            os.close(fd)
+        return out
+
+
+class _SliceFile(io.RawIOBase):
+    """A read-only, seekable window [base, base+length) of an open file (one blob for zipfile)."""
+
+    def __init__(self, f: io.BufferedReader, base: int, length: int) -> None:
+        self.f, self.base, self.length, self.pos = f, base, length, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = {0: pos, 1: self.pos + pos, 2: self.length + pos}[whence]
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
+        data = os.pread(self.f.fileno(), max(0, n), self.base + self.pos)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def load_small(chunk: _Chunk) -> Any:
+    """A bytes object or a tiny tensor (step, hyper-parameters): torch.load(weights_only=True)."""
+    import torch
+
+    with open(chunk.file, "rb") as f:
+        blob = os.pread(f.fileno(), chunk.length, chunk.byte_offset)
+    if len(blob) != chunk.length:
+        raise CorruptCheckpointError(f"{chunk.file}: truncated at byte {chunk.byte_offset}")
+    try:
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafePickleError(f"{chunk.file}: value refused by weights_only ({e})") from None
+
+
+_STATE_RE = re.compile(r"^(?:(?P<prefix>.+?)\.)?state\.(?P<fqn>.+)\.(?P<key>[^.]+)$")
+_GROUP_RE = re.compile(r"^(?:(?P<prefix>.+?)\.)?param_groups\.(?P<owner>.+)\.(?P<hp>[^.]+)$")
+
+
+def _split(entry: _Entry, pattern: re.Pattern[str], marker: str) -> tuple[str, str, str] | None:
+    """(prefix, owner, leaf) of a state / param_groups key; the planner's key path when exact."""
+    path = entry.path
+    if len(path) >= 3 and path[-3] == marker:
+        return ".".join(str(p) for p in path[:-3]), str(path[-2]), str(path[-1])
+    match = pattern.match(".".join(str(p) for p in path))
+    if match is None:
+        return None
+    groups = match.groups()
+    return groups[0] or "", groups[1], groups[2]
+
+
+def is_dcp_folder(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file() and any(path.glob("*.distcp"))
+
+
+class DCPReader:
+    """A torch.distributed.checkpoint folder holding Adam optimizer state."""
+
+    name = "dcp"
+
+    @classmethod
+    def probe(cls, path: Path) -> bool:
+        path = Path(path)
+        return is_dcp_folder(path) or is_dcp_folder(path / "optimizer_0")
+
+    def __init__(self, path: Path, *, options: ReaderOptions) -> None:
+        self.path = Path(path)
+        self.options = options
+        self.folder = self.path if is_dcp_folder(self.path) else self.path / "optimizer_0"
+        if not is_dcp_folder(self.folder):
+            raise UnsupportedFormatError(f"{self.path}: no .metadata + *.distcp (not a DCP folder)")
+        self.entries = read_metadata(self.folder)
+        self.states: dict[str, dict[str, _Entry]] = {}
+        self.groups: dict[str, dict[str, _Entry]] = {}
+        prefixes = set()
+        for entry in self.entries.values():
+            parsed = _split(entry, _STATE_RE, "state")
+            if parsed and (entry.size is not None or parsed[2] == "step"):
+                self.states.setdefault(parsed[1], {})[parsed[2]] = entry
+                prefixes.add(parsed[0])
+                continue
+            parsed = _split(entry, _GROUP_RE, "param_groups")
+            if parsed:
+                self.groups.setdefault(parsed[1], {})[parsed[2]] = entry
+        if not self.states:
+            raise UnsupportedFormatError(
+                f"{self.folder}: DCP checkpoint without optimizer state keys "
+                "('<prefix>.state.<fqn>.exp_avg'); is it a model-only checkpoint?"
+            )
+        if len(prefixes) > 1:
+            raise UnsupportedFormatError(
+                f"{self.folder}: several optimizers ({', '.join(sorted(prefixes))}); "
+                "adamscope reads one optimizer per checkpoint"
+            )
+        self.prefix = prefixes.pop()
+        found = set().union(*(s.keys() for s in self.states.values()))
+        if not {"exp_avg", "exp_avg_sq"} <= found:
+            raise NotAdamError(
+                f"{self.folder}: optimizer state holds {', '.join(sorted(found))}, "
+                "no exp_avg/exp_avg_sq"
+            )
+        self.names = self._model_order([n for n, s in self.states.items() if "exp_avg" in s])
+
+    def _model_order(self, names: list[str]) -> list[str]:
+        """Parameter names in the order of the model keys saved beside them, when there are any."""
+        position: dict[str, int] = {}
+        for i, key in enumerate(self.entries):
+            for name in (key, key.removeprefix("model.")):
+                position.setdefault(name, i)
+        late = len(self.entries)
+        return sorted(names, key=lambda n: (position.get(n, late), names.index(n)))
+
+    def describe(self) -> CheckpointInfo:
+        numel = sum(math.prod(self.states[n]["exp_avg"].size or ()) for n in self.names)
+        step = self._step(self.names[0]) if self.names else None
+        layout = "flattened param_groups" if self._flat_groups() else "param_groups by index"
+        return CheckpointInfo(
+            path=self.path,
+            format=self.name,
+            step=None if step is None else int(step),
+            n_tensors=len(self.names),
+            n_params=numel,
+            bytes_on_disk=sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file()),
+            notes=(f"optimizer keys under '{self.prefix or '(top level)'}', {layout}",),
+        )
+
+    def _flat_groups(self) -> bool:
+        return any(not owner.isdigit() for owner in self.groups)
+
+    def _step(self, name: str) -> float:
+        entry = self.states[name].get("step")
+        if entry is None:
+            raise CorruptCheckpointError(f"{self.folder}: no step for '{name}'")
+        value = load_small(entry.chunks[0])
+        return float(value.item() if hasattr(value, "item") else value)
+
+    def _group_of(self) -> dict[str, dict[str, Any]]:
+        """name -> its param group's hyper-parameters (loaded from the small bytes entries)."""
+        loaded = {
+            owner: {hp: load_small(e.chunks[0]) for hp, e in hps.items()}
+            for owner, hps in self.groups.items()
+        }
+        if self._flat_groups():
+            return {n: loaded[n] for n in self.names if n in loaded}
+        out: dict[str, dict[str, Any]] = {}
+        for owner in sorted(loaded, key=int):
+            group = loaded[owner]
+            members = group.get("params")
+            for name in self.names if members is None and len(loaded) == 1 else members or ():
+                out[str(name)] = group
+        return out
+
+    def iter_tensors(self) -> Iterator[TensorState]:
+        groups = self._group_of()
+        for name in self.names:
+            state = self.states[name]
+            if "exp_avg_sq" not in state:
+                raise NotAdamError(f"{self.folder}: '{name}' has exp_avg but no exp_avg_sq")
+            group = groups.get(name)
+            if group is None:
+                raise CorruptCheckpointError(f"{self.folder}: no param_groups entry for '{name}'")
+            m, v, vmax = state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq")
+            if m.size != v.size:
+                raise CorruptCheckpointError(
+                    f"{self.folder}: exp_avg/exp_avg_sq sizes differ for '{name}'"
+                )
+            pieces, ordered = _pieces(m, v, vmax, source=self.folder)
+            ts = TensorState(
+                name=name,
+                shape=m.size or (),
+                step=self._step(name),
+                hp=hyper_params(group, source=f"{self.folder} ({name})", options=self.options),
+                dtype=m.dtype or "float32",
+                chunks=lambda n, p=pieces: _stream(p, n),
+            )
+            if not ordered:
+                ts.notes.append("sharded along a dim other than 0: chunks follow the DCP shards")
+            yield ts
+
+
+def _pieces(
+    m: _Entry, v: _Entry, vmax: _Entry | None, *, source: Path
+) -> tuple[list[tuple[int, _Chunk, _Chunk, _Chunk | None]], bool]:
+    """Matching (flat start, m chunk, v chunk, vmax chunk) of a tensor, sorted by offsets; and
+    whether the starts are true flat offsets (dim-0 slabs) rather than running positions."""
+    size = m.size or ()
+    by_offset = {c.offsets: c for c in v.chunks}
+    max_by_offset = {c.offsets: c for c in vmax.chunks} if vmax else {}
+    out, position, ordered = [], 0, True
+    for c in sorted(m.chunks, key=lambda c: c.offsets):
+        other = by_offset.get(c.offsets)
+        if other is None or other.sizes != c.sizes:
+            raise CorruptCheckpointError(f"{source}: '{v.key}' is not sharded like '{m.key}'")
+        slab = tuple(c.sizes[1:]) == tuple(size[1:])
+        ordered = ordered and slab
+        start = c.offsets[0] * math.prod(size[1:]) if (slab and size) else position
+        out.append((start, c, other, max_by_offset.get(c.offsets)))
+        position += math.prod(c.sizes)
+    if position != math.prod(size):
+        raise CorruptCheckpointError(f"{source}: chunks of '{m.key}' cover {position} elements")
+    if not ordered:  # keep every start a running position, consistently
+        out = [(sum(math.prod(p[1].sizes) for p in out[:i]), *out[i][1:]) for i in range(len(out))]
+    return out, ordered
+
+
+def _stream(pieces: list[tuple[int, _Chunk, _Chunk, _Chunk | None]], n: int) -> Iterator[tuple]:
+    for start, cm, cv, cmax in pieces:
+        m, v = _BlobTensor(cm), _BlobTensor(cv)
+        vmax = None if cmax is None else _BlobTensor(cmax)
+        for a in range(0, m.numel, n):
+            b = min(a + n, m.numel)
+            yield start + a, m.read(a, b), v.read(a, b), None if vmax is None else vmax.read(a, b)
