@@ -1,0 +1,6 @@
+"""Forensics across checkpoints: exact gradients from consecutive pairs, per-layer diffs, "moved first".
+
+The public surface is `adamscope.gradients`; this package holds its parts:
+lockstep.py (opening two checkpoints and streaming matching tensors chunk by chunk together),
+recover.py (gradients from the EMAs), diff.py (relative per-layer changes and their ranking).
+"""
