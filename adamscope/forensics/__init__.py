@@ -1,4 +1,4 @@
-"""Forensics across checkpoints: exact gradients from consecutive pairs, per-layer diffs, "moved first".
+"""Forensics across checkpoints: exact gradients of consecutive pairs, per-layer diffs, moved-first.
 
 The public surface is `adamscope.gradients`; this package holds its parts:
 lockstep.py (opening two checkpoints and streaming matching tensors chunk by chunk together),

@@ -1,7 +1,7 @@
 """Open checkpoints and stream the matching tensors of two of them together, chunk by chunk.
 
-Readers yield chunks of at most n elements, but two checkpoints (or a reader and a weights file) need
-not cut a tensor at the same places; `aligned` re-cuts any number of chunk streams at the union of
+Readers yield chunks of at most n elements, but two checkpoints (or a reader and a weights file)
+need not cut a tensor at the same places; `aligned` re-cuts any number of chunk streams at the union of
 their boundaries, so memory stays bounded by about one chunk per stream.
 """
 

@@ -8,9 +8,9 @@ For k = 1 these are g_t and g_t^2 exactly, and comparing the square of the first
 tells whether the pair really is consecutive and unmodified. For k > 1 they are weighted means over
 the window: estimates, flagged `exact = false`.
 
-g is the gradient Adam consumed: p.grad for AdamW (decoupled decay never enters m), p.grad + wd*theta
-for Adam with weight decay (coupled), -p.grad with maximize. `loss_gradient` subtracts wd*theta_(t-1)
-again for coupled decay when the earlier checkpoint holds the weights.
+g is the gradient Adam consumed: p.grad for AdamW (decoupled decay never enters m), p.grad +
+wd*theta for Adam with weight decay (coupled), -p.grad with maximize. `loss_gradient` subtracts
+wd*theta_(t-1) again for coupled decay when the earlier checkpoint holds the weights.
 """
 
 from __future__ import annotations
