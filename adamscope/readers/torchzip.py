@@ -132,6 +132,9 @@ class LazyTensor:
         self.stride = stride
         self.dtype_name = dtype
 
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle may not set state on a tensor")
+
     @property
     def storage_key(self) -> str:
         return self.storage.key
@@ -375,8 +378,10 @@ def _unpickle(path: Path, *, stub_unknown: bool) -> Any:
         return unpickler.load()
     except AdamscopeError:
         raise
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, IndexError, KeyError) as e:
-        raise CorruptCheckpointError(f"{path}: cannot unpickle data.pkl ({e})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse untrusted bytes means "corrupt"
+        raise CorruptCheckpointError(
+            f"{path}: cannot unpickle data.pkl ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _load_trusted(path: Path) -> Any:

@@ -70,8 +70,7 @@ STUBBED_GLOBALS: set[str] = {
 }
 
 _SAFE_BUILTINS = frozenset(
-    {"set", "frozenset", "complex", "slice", "bytearray", "tuple", "list", "dict"}
-    | {"int", "float", "str", "bool", "bytes", "range"}
+    {"set", "frozenset", "complex", "slice", "tuple", "list", "dict", "int", "float", "str", "bool"}
 )
 _TORCH_REBUILD_UNSUPPORTED = frozenset(
     {
@@ -98,6 +97,9 @@ class StorageRef:
     dtype: str | None
     location: str
     size: int
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle may not set state on a storage reference")
 
 
 class Stub(dict):
@@ -155,9 +157,15 @@ class _StorageType:
     def __init__(self, dtype: str | None) -> None:
         self.dtype = dtype
 
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle may not set state on a storage type")
+
 
 class _TensorType:
     """Stand-in for torch.Tensor / torch.nn.Parameter as `new_type` of _rebuild_from_type_v2."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle may not set state on a tensor type")
 
 
 class _NumpyDType:
@@ -175,6 +183,8 @@ class _NumpyDType:
         import numpy as np
 
         dt = np.dtype(self.kind)
+        if dt.kind not in "biufc?":  # plain numbers only: no object or structured dtypes
+            raise pickle.UnpicklingError(f"numpy scalar of dtype {self.kind!r:.20}")
         return dt.newbyteorder(self.byteorder) if self.byteorder in "<>" else dt
 
 
@@ -191,6 +201,15 @@ def _codecs_encode(obj: Any, encoding: str = "utf-8") -> bytes:
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
         raise pickle.UnpicklingError("_codecs.encode with unexpected arguments")
     return codecs.encode(obj, encoding)
+
+
+def _bytearray(data: Any = b"", encoding: str = "latin-1") -> bytearray:
+    # bytearray(<huge int>) would allocate: accept only the (text, encoding) / bytes forms
+    if isinstance(data, str):
+        return bytearray(_codecs_encode(data, encoding))
+    if isinstance(data, bytes | bytearray):
+        return bytearray(data)
+    raise pickle.UnpicklingError("bytearray with unexpected arguments")
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -251,8 +270,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None) -> Any:
         if not isinstance(storage, StorageRef):
             raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
-        if dtype is None:
-            raise pickle.UnpicklingError("untyped storage without a dtype")
+        if dtype is None or dtype not in DTYPE_NAMES:
+            raise pickle.UnpicklingError("tensor without a known dtype")
         return self.make_tensor(
             storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride), dtype
         )
@@ -339,6 +358,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "builtins" and name in _SAFE_BUILTINS:
             return getattr(builtins, name)
         simple = {
+            "builtins.bytearray": _bytearray,
             "collections.OrderedDict": collections.OrderedDict,
             "collections.Counter": collections.Counter,
             "collections.defaultdict": _defaultdict,

@@ -137,4 +137,4 @@ def test_streaming_a_200mb_tensor_keeps_memory_bounded(tmp_path: Path) -> None:
     assert abs(result["total"]) < 1.0  # linspace(-1, 1) sums to ~0: every chunk was read
     # ru_maxrss is in KiB on Linux: growth must stay a few chunks (4 MiB each), not 200 MiB
     assert result["growth_kb"] < 32 * 1024, result
-    assert result["seconds"] < 10, result
+    assert result["seconds"] < 20, result  # ~0.8 s on an idle 2-core machine

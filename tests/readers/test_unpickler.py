@@ -166,3 +166,23 @@ def test_not_a_torch_file(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(UnsupportedFormatError, match="not a torch.save zip"):
         load_lazy(path)
+
+
+def test_pickle_cannot_overwrite_a_lazy_tensor_attribute(tmp_path: Path) -> None:
+    # a valid tensor followed by BUILD {'dtype_name': 'load'}: an attempt to point the dtype lookup
+    # at torch.load. The hand-written data.pkl reuses torch's own storage record.
+    path = tmp_path / "ok.pt"
+    torch.save(torch.ones(2), path)
+    with zipfile.ZipFile(path) as zf:
+        prefix = next(n for n in zf.namelist() if n.endswith("data.pkl"))[: -len("data.pkl")]
+        pkl = zf.read(prefix + "data.pkl")
+        storage = zf.read(prefix + "data/0")
+    assert pkl.endswith(b".")  # ... REDUCE (the tensor), BINPUT, STOP
+    # EMPTY_DICT, BINUNICODE 'dtype_name', BINUNICODE 'load', SETITEM, BUILD, STOP
+    tampered = pkl[:-1] + b"}X\x0a\x00\x00\x00dtype_nameX\x04\x00\x00\x00loadsb."
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr(prefix + "data.pkl", tampered)
+        zf.writestr(prefix + "data/0", storage)
+    with pytest.raises(CorruptCheckpointError, match="may not set state"):
+        load_lazy(bad)
