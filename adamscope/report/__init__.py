@@ -1,4 +1,4 @@
-"""The HTML report: one self-contained file (inline CSS, JS, figures) that tells the story of a run."""
+"""The HTML report: one self-contained file (inline CSS, JS, figures) telling a run's story."""
 
 from __future__ import annotations
 

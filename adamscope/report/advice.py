@@ -1,4 +1,4 @@
-"""The verdict: which layers reached primed/unstable, when, and the paper's remedies phrased for the run."""
+"""The verdict: which layers reached primed/unstable and when; the paper's remedies for the run."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def fmt(x: float | None, digits: int = 2) -> str:
     if isinstance(x, int) or (float(x).is_integer() and abs(x) < 1e6):
         return f"{int(x):,}"
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        return f"{x:.{digits - 1}e}"
+        mant, exp = f"{x:.{digits - 1}e}".split("e")
+        return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
     return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{digits + 1}g}"
 
 
@@ -68,16 +69,14 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
                 "unstable": cks[h.first["unstable"]].step if "unstable" in h.first else None,
                 "now": h.stages[-1],
                 "flag_ckpt": cks[i0],
+                "flag_stage": h.stages[i0],
                 "grad_rms": r0.get("grad_rms"),
                 "dip_r": r0.get("dip_r"),
                 "suppression": r0.get("suppression"),
                 "zero_v": r0.get("zero_v"),
             }
         )
-    first = min(
-        (r for r in rows),
-        key=lambda r: min(x for x in (r["primed"], r["unstable"]) if x is not None),
-    )
+    first = min(rows, key=lambda r: r["flag_ckpt"].index)
     n_u = sum(r["unstable"] is not None for r in rows)
     n_p = len(rows)
     now = [r for r in rows if r["now"] in FLAGGED]
@@ -86,7 +85,11 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
         if level == "unstable"
         else f"{n_p} layer{'s' * (n_p != 1)} reached the primed stage (the theory's early warning)"
     )
-    head += f"; the first was {first['layer']} at step {first['flag_ckpt'].step}."
+    if level == "unstable":
+        fu = min((r for r in rows if r["unstable"] is not None), key=lambda r: r["unstable"])
+        head += f" (first {fu['layer']} at step {fu['unstable']})"
+    head += f"; the first warning was {first['layer']} turning {first['flag_stage']} at step "
+    head += f"{first['flag_ckpt'].step}."
     v = Verdict(level, head, layers=rows)
     v.details.append(
         f"{n_p} of {len(run.histories)} layers were primed or unstable at some checkpoint; "
@@ -116,15 +119,19 @@ def _quiet_headline(run: RunData, vanishing: list[Any]) -> str:
 def _watch(vanishing: list[Any], cks: list[Checkpoint]) -> str:
     names = ", ".join(h.layer for h in vanishing[:8]) + (" ..." if len(vanishing) > 8 else "")
     return (
-        f"Watch {len(vanishing)} vanishing layer{'s' * (len(vanishing) != 1)} ({names}): eps swallows "
-        "their update; time-correlated gradients would turn them primed."
+        f"Watch {len(vanishing)} vanishing layer{'s' * (len(vanishing) != 1)} ({names}): eps "
+        "swallows their update; time-correlated gradients would turn them primed."
     )
 
 
 def _spike_line(run: RunData, sp: Any) -> str:
     before = checkpoint_before(run, sp.step)
     line = f"Loss spike at step {sp.step} (peak {fmt(sp.peak_loss, 3)} at step {sp.peak_step}, "
-    line += f"from a baseline of {fmt(sp.baseline, 3)})"
+    line += f"from a baseline of {fmt(sp.baseline, 3)}"
+    if sp.end is None:
+        line += ", still inside it when the log ends)"
+    else:
+        line += f", {'recovered' if sp.recovered else 'ended flat'} at step {sp.end})"
     if before is None:
         return line + "; no checkpoint precedes it."
     pre = [h.layer for h in run.histories if h.stages[before.index] in FLAGGED]
@@ -132,7 +139,7 @@ def _spike_line(run: RunData, sp: Any) -> str:
         shown = ", ".join(pre[:6]) + (f" (+{len(pre) - 6})" if len(pre) > 6 else "")
         return (
             line
-            + f": at the checkpoint before it (step {before.step}) {shown} were already primed."
+            + f": at the checkpoint before it (step {before.step}) {shown} were already flagged."
         )
     return line + f": no layer was primed at the checkpoint before it (step {before.step})."
 
@@ -168,8 +175,9 @@ def remedies(
     out.append(
         (
             "eps = 0, with u = 0 where v = 0",
-            f"Remove eps and define the update as 0 wherever v == 0 ({fmt(zero_v)} such coordinates in "
-            "the flagged layers when first flagged); the paper saw m != 0 with v == 0 nowhere.",
+            f"Remove eps and define the update as 0 wherever v == 0 ({fmt(zero_v)} such "
+            "coordinates in the flagged layers when first flagged); the paper never saw m != 0 "
+            "with v == 0, so nothing else needs eps.",
         )
     )
     dip = thresholds.get("dip", 0.01)
@@ -187,9 +195,9 @@ def remedies(
     out.append(
         (
             "Smaller batch or betas",
-            f"Betas are {b}. A smaller batch adds gradient noise, which breaks the time correlation that "
-            "makes r bimodal; smaller betas shorten the averaging window (paper Section 7.1: both cost "
-            "speed or freshness of the update).",
+            f"Betas are {b}. A smaller batch adds gradient noise, which breaks the time "
+            "correlation that makes r bimodal; smaller betas change the averaging window (paper "
+            "Section 7.1). Both have a price: data-parallel throughput, or staler updates.",
         )
     )
     out.append(("Skip the triggering batch", _skip_text(run, rows)))
@@ -202,18 +210,19 @@ def _skip_text(run: RunData, rows: list[dict[str, Any]]) -> str:
         if unstable:
             u = min(unstable, key=lambda r: r["unstable"])
             return (
-                f"{u['layer']} turned unstable by step {u['unstable']}; no loss log was given to locate "
-                "the batch. Roll back to the last checkpoint before it and skip the batches that follow."
+                f"{u['layer']} turned unstable by step {u['unstable']}; no loss log was given to "
+                "locate the batch. Roll back to the last checkpoint before it and skip the batches "
+                "that follow."
             )
         return (
-            "No loss spike yet. If one comes, roll back to the last checkpoint before it and skip the "
-            "batches up to the spike: the chain reaction needs that batch's large gradient."
+            "No loss spike yet. If one comes, roll back to the last checkpoint before it and skip "
+            "the batches up to the spike: the chain reaction needs that batch's large gradient."
         )
     sp = run.spikes[0]
     before = checkpoint_before(run, sp.step)
     where = f"{before.name} (step {before.step})" if before else "the last checkpoint before it"
     return (
         f"The first loss spike starts at step {sp.step}. Roll back to {where} and skip the batches "
-        f"up to step {sp.step}: without the large gradient of that batch the primed layers do not start "
-        "the chain reaction."
+        f"up to step {sp.step}: without the large gradient of that batch the primed layers do not "
+        "start the chain reaction."
     )

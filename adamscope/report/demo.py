@@ -1,4 +1,4 @@
-"""`adamscope demo`: simulate a small run that walks the stages, analyse it, and write its report."""
+"""`adamscope demo`: simulate a small run that walks the stages, analyse it, write its report."""
 
 from __future__ import annotations
 

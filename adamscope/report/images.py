@@ -11,9 +11,10 @@ import io
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def caption_of(stem: str) -> tuple[int | None, str]:
 
 
 def encode_png(path: Path, *, width: int = THUMB_WIDTH) -> tuple[str, int, int]:
-    """Downscale to `width` px and quantize to a palette: plots have few colours, so this is lossless
-    to the eye and ~5x smaller. Returns (data URI, width, height)."""
+    """Downscale to `width` px and quantize to a palette (plots have few colours: lossless to the
+    eye and several times smaller). Returns (data URI, width, height)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -61,11 +62,6 @@ def encode_png(path: Path, *, width: int = THUMB_WIDTH) -> tuple[str, int, int]:
         pal.save(buf, format="PNG", optimize=True)
         w, h = flat.size
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), w, h
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}"[:300]
 
 
 def _inline(paths: Sequence[Path], budget: list[int]) -> list[Figure]:
@@ -92,65 +88,83 @@ def _inline(paths: Sequence[Path], budget: list[int]) -> list[Figure]:
     return figs
 
 
-def _guarded(what: str, fn: Callable[[], list[Path]]) -> tuple[list[Path], str | None]:
-    try:
-        return list(fn()), None
-    except ImportError as e:
-        return [], f"adamscope.figures is not available ({_reason(e)})"
-    except Exception as e:  # noqa: BLE001 - a broken figure must not sink the whole report
-        log.warning("report: %s failed: %s", what, _reason(e))
-        return [], _reason(e)
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:300]
 
 
 def render_figures(
     tables_dir: Path,
     *,
-    steps: Sequence[int] | None,
-    layers: Sequence[str] | None,
+    steps: Sequence[int | None] | None = None,
+    layers: Sequence[str] | None = None,
     budget_bytes: int = BUDGET_BYTES,
 ) -> tuple[Figure, list[Figure]]:
-    """Draw the heatmap and Figures 2-10 for the given steps/layers; return them inlined.
+    """Draw Figure 4 (the heatmap) and Figures 2-10 with adamscope.figures; return them inlined.
 
-    Returns (heatmap, figures); unavailable ones carry `error` instead of `data_uri`.
+    Each figure is drawn on its own, so one failure leaves a "figure unavailable" box and the rest.
+    `steps` (t1, t2, t3) and `layers` override the figures' own selection rules.
+
+    Returns (heatmap, other figures); unavailable ones carry `error` instead of `data_uri`.
     """
     budget = [budget_bytes]
+    try:
+        from adamscope.figures import load_tables, select
+        from adamscope.figures.write import SPECS, render
+
+        tables = load_tables(tables_dir)
+        sel = select(tables, steps=steps, layers=layers)
+    except Exception as e:  # noqa: BLE001 - the report goes on without figures, saying why
+        log.warning("report: figures unavailable: %s", _reason(e))
+        why = f"adamscope.figures could not start ({_reason(e)})"
+        return Figure("heatmap", 4, "Figure 4", error=why), [Figure("figures", None, "", error=why)]
+    captions = _captions(sel)
+    out: dict[int, Figure] = {}
     with tempfile.TemporaryDirectory(prefix="adamscope-report-") as tmp:
-        tmpdir = Path(tmp)
+        for n, spec in sorted(SPECS.items(), key=lambda kv: (kv[0] != 4, kv[0])):
+            caption = captions.get(n, f"Figure {n}")
+            try:
+                paths = render(n, tables, sel, Path(tmp) / f"fig{n}_{spec.slug}", ("png",), dpi=110)
+            except Exception as e:  # noqa: BLE001 - one broken figure must not sink the report
+                log.warning("report: figure %d failed: %s", n, _reason(e))
+                out[n] = Figure(f"fig{n}", n, caption, error=_reason(e))
+                continue
+            pngs = [p for p in paths if p.suffix == ".png"]
+            fig = _inline(pngs[:1], budget)[0] if pngs else Figure(f"fig{n}", n, caption)
+            fig.caption = caption
+            if not pngs:
+                fig.error = "nothing was drawn"
+            out[n] = fig
+    heat = out.pop(4, Figure("heatmap", 4, captions[4], error="not drawn"))
+    return heat, [out[n] for n in sorted(out)]
 
-        def heat() -> list[Path]:
-            from adamscope.figures import write_heatmap
 
-            out = write_heatmap(tables_dir, tmpdir / "heatmap.png")
-            return [Path(out)] if out else []
+def _captions(sel: Any) -> dict[int, str]:
+    def pairs(ps: Sequence[tuple[str, int]]) -> str:
+        return ", ".join(f"{layer} at step {step}" for layer, step in ps) or "none found"
 
-        def figs() -> list[Path]:
-            from adamscope.figures import write_figures
-
-            return write_figures(
-                tmpdir / "figs",
-                tables_dir,
-                steps=list(steps) if steps else None,
-                layers=list(layers) if layers else None,
-                formats=("png",),
-            )
-
-        heat_paths, heat_err = _guarded("heatmap", heat)
-        heat_figs = _inline(heat_paths[:1], budget)
-        heatmap = (
-            heat_figs[0]
-            if heat_figs
-            else Figure("heatmap", 4, "Figure 4: heatmap", error=heat_err or "nothing was drawn")
+    t, tc = sel.t, sel.t_checkpoint
+    focus = sel.focus_layer or "the first layer"
+    cap = {
+        2: f"Figure 2: u of healthy layers at step {sel.fig2_step} "
+        f"({', '.join(sel.fig2_layers) or 'none'})",
+        3: f"Figure 3: bimodal u ({pairs(sel.fig3)})",
+        4: "Figure 4: gradient norm per layer and step, beside the loss",
+        5: f"Figure 5: u spiked at 0 ({pairs(sel.fig5)})",
+        6: "Figure 6: r of the same layers and steps as Figure 5",
+        7: "Figure 7: loss with t1, t2, t3 marked ("
+        + (", ".join(f"{k} = {v}" for k, v in t.items() if v is not None) or "no spike found")
+        + ")",
+    }
+    for n, key, what in (
+        (8, "t1", "recovered"),
+        (9, "t2", "explosion started"),
+        (10, "t3", "flat"),
+    ):
+        when = (
+            f"{key} = {t[key]} ({what}; checkpoint step {tc.get(key)})"
+            if t.get(key) is not None
+            else f"{key} ({what}): no such spike in this loss log"
         )
-        heatmap.caption = "Figure 4: gradient norm per layer and step, with the loss"
-        fig_paths, fig_err = _guarded("figures", figs)
-        inlined = _inline(sorted(fig_paths, key=_order), budget)
-        if fig_err:
-            inlined.append(Figure("figures", None, "Figures 2-10", error=fig_err))
-        elif not inlined:
-            inlined.append(Figure("figures", None, "Figures 2-10", error="no figure was drawn"))
-    return heatmap, inlined
-
-
-def _order(p: Path) -> tuple[int, str]:
-    number, _ = caption_of(p.stem)
-    return (number if number is not None else 99, p.stem)
+        cap[n] = f"Figure {n}: u and r of {focus} at {when}"
+    return cap

@@ -19,11 +19,6 @@ STAGES = ("healthy", "vanishing", "primed", "unstable")
 SEVERITY = {None: -1, "healthy": 0, "vanishing": 1, "primed": 2, "unstable": 3}
 FLAGGED = ("primed", "unstable")
 
-# Robust loss-spike rule (THEORY.md, "Leads"): z > 6 against the trailing 50 steps' median and MAD.
-SPIKE_Z = 6.0
-SPIKE_WINDOW = 50
-SPIKE_MERGE = 20  # spike steps closer than this belong to one event
-
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -50,12 +45,14 @@ class LayerHistory:
         return any(s in FLAGGED for s in self.stages)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Spike:
     step: int  # first step over the threshold
     peak_step: int
     peak_loss: float
     baseline: float  # trailing median before the spike
+    end: int | None  # recovery or flat end; None when the log ends inside the spike
+    recovered: bool
 
 
 @dataclass
@@ -134,37 +131,28 @@ def _histories(layers: pl.DataFrame, checkpoints: list[Checkpoint]) -> list[Laye
 
 
 def find_spikes(losses: pl.DataFrame) -> list[Spike]:
-    """Loss spikes: robust z > SPIKE_Z against the trailing SPIKE_WINDOW steps (median, 1.4826 MAD)."""
-    if losses.height <= SPIKE_WINDOW:
+    """Loss spikes by the shared rule of `adamscope.logs.spikes` (the one Figures 7-10 use)."""
+    from adamscope.logs.spikes import detect
+
+    found = detect(losses)["spikes"]
+    if not found:
         return []
-    steps = losses["step"].to_numpy()
-    loss = losses["loss"].to_numpy().astype(np.float64)
-    n, w = len(loss), SPIKE_WINDOW
-    z = np.zeros(n)
-    med = np.zeros(n)
-    for lo in range(w, n, 65536):  # in blocks: the sliding windows would otherwise be n x w floats
-        hi = min(n, lo + 65536)
-        win = np.lib.stride_tricks.sliding_window_view(loss[lo - w : hi - 1], w)
-        m = np.median(win, axis=1)
-        mad = 1.4826 * np.median(np.abs(win - m[:, None]), axis=1)
-        scale = np.maximum(mad, 1e-6 * np.maximum(np.abs(m), 1.0))
-        z[lo:hi] = (loss[lo:hi] - m) / scale
-        med[lo:hi] = m
-    spikes: list[Spike] = []
-    hits = np.flatnonzero(z > SPIKE_Z)
-    start = 0
-    for k in range(len(hits) + 1):
-        if k == len(hits) or (k > start and steps[hits[k]] - steps[hits[k - 1]] > SPIKE_MERGE):
-            if k > start:
-                grp = hits[start:k]
-                peak = grp[np.argmax(loss[grp])]
-                spikes.append(
-                    Spike(
-                        int(steps[grp[0]]), int(steps[peak]), float(loss[peak]), float(med[grp[0]])
-                    )
-                )
-            start = k
-    return spikes
+    peak_loss = dict(
+        losses.filter(pl.col("step").is_in([s["peak"] for s in found]))
+        .select("step", "loss")
+        .rows()
+    )
+    return [
+        Spike(
+            step=int(s["start"]),
+            peak_step=int(s["peak"]),
+            peak_loss=float(peak_loss.get(s["peak"], float("nan"))),
+            baseline=float(s["baseline"]),
+            end=None if s["end"] is None else int(s["end"]),
+            recovered=bool(s["recovered"]),
+        )
+        for s in found
+    ]
 
 
 def default_checkpoint(run: RunData) -> Checkpoint:
@@ -197,7 +185,7 @@ def checkpoint_before(run: RunData, step: int) -> Checkpoint | None:
 
 
 def key_checkpoints(run: RunData, chosen: Checkpoint, *, limit: int = 8) -> list[Checkpoint]:
-    """Checkpoints worth a table: the chosen one, first primed/unstable, before each spike, the last."""
+    """Checkpoints worth a table: the chosen one, first of each stage, before spikes, the last."""
     picks = [chosen]
     for stage in ("vanishing", *FLAGGED):
         firsts = [h.first[stage] for h in run.histories if stage in h.first]
@@ -227,7 +215,7 @@ TABLE_COLUMNS = [
     ("u_rms", "rms(u)", "num"),
     ("r_rms", "rms(r)", "num"),
     ("numel", "numel", "int"),
-    ("first_flag", "first primed/unstable", "int"),
+    ("first_flag", "first flagged (step)", "int"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Assemble the single-file HTML report: template + inline CSS/JS + sections rendered from the tables."""
+"""Assemble the single-file HTML report: template, inline CSS/JS, sections drawn from the tables."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import time
 from html import escape
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from adamscope import __version__
 from adamscope.report import advice, images, model, svg
@@ -38,10 +37,10 @@ def write_report(
         tables_dir: the folder `adamscope analyze` wrote (tensors/layers.parquet, manifest.json,
             optionally histograms.parquet and losses.parquet).
         out_html: the file to write (parent folders are created).
-        checkpoint: the layer table's default checkpoint, by path (as in the tables) or step; default:
-            the first with a primed/unstable layer, else the last.
-        max_layers_full: up to this many layers the stage map draws every layer; beyond it only the
-            layers that ever leave healthy (the rest are counted), and figures cover flagged layers only.
+        checkpoint: the layer table's default checkpoint, by path (as in the tables) or step;
+            default: the first with a primed/unstable layer, else the last.
+        max_layers_full: up to this many layers the stage map draws every layer; beyond it, only
+            the layers that ever leave healthy (the others are counted).
         figures: draw the heatmap and Figures 2-10 (False: leave them out, e.g. for speed).
 
     Returns:
@@ -57,9 +56,7 @@ def write_report(
     verdict = advice.verdict(run, thresholds=thresholds)
     keys = model.key_checkpoints(run, chosen)
     if figures:
-        heat, figs = images.render_figures(
-            run.tables_dir, steps=_figure_steps(run, verdict), layers=_figure_layers(run, verdict)
-        )
+        heat, figs = images.render_figures(run.tables_dir)
     else:
         heat = images.Figure(
             "heatmap", 4, "Figure 4", error="figures were turned off (figures=False)"
@@ -119,24 +116,10 @@ def _subtitle(run: model.RunData) -> str:
     )
 
 
-def _figure_steps(run: model.RunData, v: advice.Verdict) -> list[int]:
-    """A few steps worth drawing: first primed, first unstable, before the first spike, the last."""
-    steps = [r["primed"] for r in v.layers[:1] if r["primed"]]
-    steps += [r["unstable"] for r in v.layers[:1] if r["unstable"]]
-    if run.spikes and (c := model.checkpoint_before(run, run.spikes[0].step)):
-        steps.append(c.step)
-    steps.append(run.checkpoints[-1].step)
-    return sorted(dict.fromkeys(steps))[:4]
-
-
-def _figure_layers(run: model.RunData, v: advice.Verdict) -> list[str]:
-    names = [r["layer"] for r in v.layers[:3]]
-    return names or [run.histories[0].layer]
-
-
 def _verdict_html(v: advice.Verdict) -> str:
     out = [
-        f'<div class="verdict lvl-{v.level}" role="status"><span class="badge">{v.level.upper()}</span>'
+        f'<div class="verdict lvl-{v.level}" role="status">'
+        f'<span class="badge">{v.level.upper()}</span>'
         f'<span class="headline">{escape(v.headline)}</span>'
     ]
     if v.details:
@@ -175,8 +158,8 @@ def _stage_badge(stage: str | None) -> str:
     if stage is None:
         return "not judged"
     return (
-        f'<span class="stage"><svg width="16" height="11" aria-hidden="true"><rect class="s-{stage}" '
-        f'width="16" height="11"/></svg>{escape(stage)}</span>'
+        '<span class="stage"><svg width="16" height="11" aria-hidden="true">'
+        f'<rect class="s-{stage}" width="16" height="11"/></svg>{escape(stage)}</span>'
     )
 
 
@@ -184,7 +167,7 @@ def _summary_html(run: model.RunData) -> str:
     s = model.summary(run)
     m = run.manifest
     groups = "<br>".join(
-        f"betas ({g['beta1']:g}, {g['beta2']:g}), eps {g['eps']:g}, weight decay "
+        f"betas ({g['beta1']:g}, {g['beta2']:g}), eps {fmt(g['eps'])}, weight decay "
         f"{g['weight_decay']:g}: {g['tensors']} tensors"
         for g in s["groups"][:6]
     )
@@ -215,7 +198,7 @@ def _summary_html(run: model.RunData) -> str:
         (
             "loss log",
             f"{s['loss_steps']} steps, {s['spikes']} spike{'s' * (s['spikes'] != 1)} "
-            f"(robust z > {model.SPIKE_Z:g} vs the trailing {model.SPIKE_WINDOW} steps)"
+            "(robust z-score against a trailing window; docs/figures.md)"
             if s["loss_steps"]
             else "none (no losses.parquet beside the tables)",
         ),
@@ -225,8 +208,8 @@ def _summary_html(run: model.RunData) -> str:
 
 def _timeline_html(run: model.RunData, max_layers_full: int) -> str:
     return (
-        '<p class="muted">Top: training loss, spikes marked. Middle: the worst stage over all layers at '
-        "each checkpoint. Bottom: each layer's stage over time (hover for steps).</p>"
+        '<p class="muted">Top: training loss, spikes marked. Middle: the worst stage over all '
+        "layers at each checkpoint. Bottom: each layer's stage over time (hover for steps).</p>"
         + svg.timeline(run, max_layers_full=max_layers_full)
         + svg.legend()
     )
@@ -241,7 +224,7 @@ def _figure_html(fig: images.Figure, *, wide: bool = False) -> str:
     cls = ' class="wide"' if wide else ""
     return (
         f'<figure{cls}><img src="{fig.data_uri}" width="{fig.width}" height="{fig.height}" '
-        f'alt="{escape(fig.caption)}" loading="lazy"><figcaption>{escape(fig.caption)} '
+        f'alt="{escape(fig.caption)}"><figcaption>{escape(fig.caption)} '
         "<span class='noprint'>(click to enlarge)</span></figcaption></figure>"
     )
 
@@ -259,8 +242,8 @@ def _figures_html(figs: list[images.Figure]) -> str:
 def _layers_note(run: model.RunData, chosen: model.Checkpoint, keys: list[model.Checkpoint]) -> str:
     return (
         f"{len(run.histories)} layers at step {chosen.step} ({chosen.name}); pick another of "
-        f"{len(keys)} key checkpoints above the table. Click a column header to sort. grad_rms / eps "
-        "below 1 means eps dominates the update's denominator."
+        f"{len(keys)} key checkpoints above the table. Click a column header to sort. "
+        "grad_rms / eps below 1 means eps dominates the update's denominator."
     )
 
 
@@ -312,7 +295,7 @@ def _reproduce_html(run: model.RunData) -> str:
         cmd.append("--no-tensor-histograms")
     lines = [shlex.join(cmd), shlex.join(["adamscope", "report", out, "-o", "report.html"])]
     ver = m.get("version", "unknown")
-    env = m.get("environment", {})
+    env_text = ", ".join(f"{k} {v}" for k, v in m.get("environment", {}).items())
     ckpts = m.get("inputs", {}).get("checkpoints", [])
     ck_list = "".join(
         f"<li><code>{escape(c['path'])}</code> ({escape(str(c.get('format')))})</li>" for c in ckpts
@@ -325,7 +308,7 @@ def _reproduce_html(run: model.RunData) -> str:
         "<pre><code>" + escape("\n".join(lines)) + "</code></pre>"
         f'<dl class="kv"><dt>tables written by</dt><dd>adamscope {escape(str(ver))}, '
         f"{escape(str(m.get('created', 'n/a')))}</dd>"
-        f"<dt>environment</dt><dd>{escape(', '.join(f'{k} {v}' for k, v in env.items()) or 'n/a')}</dd>"
+        f"<dt>environment</dt><dd>{escape(env_text or 'n/a')}</dd>"
         f"<dt>report written by</dt><dd>adamscope {escape(__version__)}, Python "
         f"{escape(platform.python_version())}</dd>"
         f"<dt>tables</dt><dd><code>{escape(str(run.tables_dir.resolve()))}</code></dd>"

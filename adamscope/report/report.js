@@ -14,7 +14,7 @@
     switch (kind) {
       case "sci": return v === 0 ? "0" : v.toExponential(2);
       case "pct": return (100 * v).toFixed(1) + "%";
-      case "ratio": return v >= 100 || v < 0.01 ? v.toExponential(1) + "\u00d7" : v.toPrecision(3) + "\u00d7";
+      case "ratio": return (v >= 1000 || v < 0.01 ? v.toExponential(1) : v.toPrecision(3)) + "\u00d7";
       case "num": return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : v.toFixed(3);
       case "int": return v.toLocaleString("en-US");
       default: return String(v);

@@ -1,9 +1,9 @@
-"""Inline SVG for the report: the loss curve with spikes over the stage timeline, drawn from the tables.
+"""Inline SVG for the report: the loss curve with spikes over the stage timeline of every layer.
 
-Sizes stay small at any scale: the loss is reduced to min/max per pixel column, and each layer's row of
-the stage map is run-length encoded (a stage usually holds for many checkpoints), one path per stage.
-Colours come from CSS classes, so light/dark mode and print restyle them; every stage also has its own
-pattern and letter, so the figure reads without colour.
+Sizes stay small at any scale: the loss is reduced to min/max per pixel column, and each layer's row
+of the stage map is run-length encoded (a stage usually holds for many checkpoints), one path per
+stage. Colours come from CSS classes, so light/dark mode and print restyle them; every stage also
+has its own pattern and letter, so the figure reads without colour.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def pattern_defs() -> str:
     """One hidden <svg> with a fill pattern per stage, shared by every figure in the page."""
     marks = {
         "healthy": "",
-        "vanishing": '<circle cx="2" cy="2" r="1.1" class="mark"/><circle cx="6" cy="6" r="1.1" class="mark"/>',
+        "vanishing": '<circle cx="2" cy="2" r="1.1" class="mark"/>'
+        '<circle cx="6" cy="6" r="1.1" class="mark"/>',
         "primed": '<path d="M-1,1 l2,-2 M0,8 l8,-8 M7,9 l2,-2" class="mark line"/>',
         "unstable": '<path d="M0,0 l8,8 M8,0 l-8,8" class="mark line"/>',
     }
@@ -62,7 +63,7 @@ def _num(x: float) -> str:
 
 
 def timeline(run: RunData, *, max_layers_full: int) -> str:
-    """Loss (top), worst stage per checkpoint (strip), stage map of layers (bottom), one step axis."""
+    """Loss (top), worst stage per checkpoint (strip), stage map of layers (bottom); one x axis."""
     steps = [c.step for c in run.checkpoints]
     lo, hi = steps[0], steps[-1]
     if run.losses is not None:
@@ -71,22 +72,22 @@ def timeline(run: RunData, *, max_layers_full: int) -> str:
     rows, folded = _rows(run, max_layers_full)
     row_h = max(2.0, min(14.0, 560 / max(len(rows), 1)))
     loss_h, strip_y = 200, 222
-    map_y = strip_y + 34
+    map_y = strip_y + 44
     map_h = row_h * len(rows) + (14 if folded else 0)
     axis_y = map_y + map_h + 4
     height = axis_y + 30
     parts = [
         f'<svg class="timeline" viewBox="0 0 {W} {height:.0f}" role="img" '
-        f'aria-labelledby="tl-title"><title id="tl-title">Loss curve with spikes, and the stage of each '
-        f"layer at each checkpoint</title>",
+        'aria-labelledby="tl-title"><title id="tl-title">Loss curve with spikes, and the stage of '
+        "each layer at each checkpoint</title>",
         _loss_panel(run, x, 10, loss_h),
         _strip(run, x, strip_y),
         _stage_map(run, rows, x, map_y, row_h),
     ]
     if folded:
         parts.append(
-            f'<text class="note" x="{LEFT}" y="{map_y + row_h * len(rows) + 11:.1f}">+ {folded} layers '
-            f"healthy (or not judged) at every checkpoint, not drawn</text>"
+            f'<text class="note" x="{LEFT}" y="{map_y + row_h * len(rows) + 11:.1f}">'
+            f"+ {folded} layers healthy (or not judged) at every checkpoint, not drawn</text>"
         )
     parts.append(_x_axis(x, lo, hi, axis_y))
     for sp in run.spikes:  # spike guides run through every panel
@@ -140,9 +141,11 @@ def _loss_panel(run: RunData, x: _X, top: float, h: float) -> str:
         px, py = x(sp.peak_step), yy(sp.peak_loss)
         out.append(
             f'<g class="spike-mark"><path d="M{px:.1f},{py - 3:.1f} l-5,-8 h10 z"/>'
-            f'<text x="{px + 6:.1f}" y="{max(py - 4, top + 10):.1f}">spike {k} (step {sp.step})</text>'
+            f'<text x="{px + 6:.1f}" y="{max(py - 4, top + 10):.1f}">'
+            f"spike {k} (step {sp.step})</text>"
             f"<title>loss spike {k}: starts at step {sp.step}, peak {sp.peak_loss:.4g} at step "
-            f"{sp.peak_step}, trailing median {sp.baseline:.4g}</title></g>"
+            f"{sp.peak_step}, baseline {sp.baseline:.4g}, "
+            f"{'recovered' if sp.recovered else 'did not recover'}</title></g>"
         )
     return "".join(out)
 
@@ -166,7 +169,7 @@ def _cells(run: RunData, x: _X) -> list[tuple[float, float]]:
 
 
 def _strip(run: RunData, x: _X, y: float) -> str:
-    """The worst stage over all layers at each checkpoint, with its letter when the cell is wide enough."""
+    """The worst stage over all layers at each checkpoint, with its letter where there is room."""
     cells = _cells(run, x)
     out = [f'<text class="panel" x="4" y="{y + 12}">worst stage</text>']
     for c, (a, b) in zip(run.checkpoints, cells, strict=True):
@@ -175,7 +178,8 @@ def _strip(run: RunData, x: _X, y: float) -> str:
         cls = f"s-{worst}" if worst else "s-none"
         out.append(
             f'<rect class="{cls}" x="{a:.1f}" y="{y}" width="{max(b - a, 0.5):.1f}" height="16">'
-            f"<title>step {c.step} ({escape(c.name)}): worst stage {worst or 'not judged'}</title></rect>"
+            f"<title>step {c.step} ({escape(c.name)}): worst stage {worst or 'not judged'}</title>"
+            "</rect>"
         )
         if b - a >= 11:
             out.append(
@@ -207,11 +211,11 @@ def _stage_map(run: RunData, rows: list[LayerHistory], x: _X, y0: float, rh: flo
             paths[s].append(f"M{a:.1f},{y:.1f}h{b - a:.1f}v{rh - 0.4:.1f}h{a - b:.1f}z")
             tips.append(
                 f'<rect x="{a:.1f}" y="{y:.1f}" width="{b - a:.1f}" height="{rh:.1f}"><title>'
-                f"{escape(h.layer)}: {s or 'not judged'} from step {run.checkpoints[start].step} to "
-                f"{run.checkpoints[i - 1].step}</title></rect>"
+                f"{escape(h.layer)}: {s or 'not judged'} from step {run.checkpoints[start].step} "
+                f"to {run.checkpoints[i - 1].step}</title></rect>"
             )
             start = i
-    out = [f'<text class="panel" x="4" y="{y0 - 6}">stage of each layer</text>', *labels]
+    out = [f'<text class="panel" x="4" y="{y0 - 9}">stage of each layer</text>', *labels]
     for s, d in paths.items():
         if d:
             out.append(f'<path class="s-{s or "none"}" d="{"".join(d)}"/>')
@@ -226,7 +230,8 @@ def _x_axis(x: _X, lo: float, hi: float, y: float) -> str:
         tx = x(t)
         out.append(
             f'<line class="axis" x1="{tx:.1f}" x2="{tx:.1f}" y1="{y:.1f}" y2="{y + 4:.1f}"/>'
-            f'<text class="tick" x="{tx:.1f}" y="{y + 15:.1f}" text-anchor="middle">{_num(t)}</text>'
+            f'<text class="tick" x="{tx:.1f}" y="{y + 15:.1f}" text-anchor="middle">'
+            f"{_num(t)}</text>"
         )
     out.append(f'<text class="tick" x="{W - RIGHT}" y="{y + 27:.1f}" text-anchor="end">step</text>')
     return "".join(out)
@@ -245,4 +250,5 @@ def legend() -> str:
         f'height="14"/></svg> <b>{LETTER[s]}</b> {s}: {meaning[s]}</li>'
         for s in STAGES
     )
-    return f'<ul class="legend">{items}<li><b>·</b> not judged (fewer than min_numel elements)</li></ul>'
+    extra = "<li><b>·</b> not judged (fewer than min_numel elements)</li>"
+    return f'<ul class="legend">{items}{extra}</ul>'

@@ -1,4 +1,4 @@
-"""Synthetic tables that obey adamscope/tables/schema.py, with stages and spikes known by construction.
+"""Synthetic tables obeying adamscope/tables/schema.py; stages and spikes known by construction.
 
 Layers 0..n_affected-1 walk healthy -> vanishing -> primed -> unstable -> healthy at the checkpoint
 indices given by `walk`; the others stay healthy. The loss spikes right after the first unstable
@@ -62,60 +62,70 @@ def make_tables(
     loss_steps: int | None = None,
     numel: int = 4096,
     seed: int = 0,
+    histograms: bool = True,
 ) -> Path:
-    """Write tensors/layers/losses.parquet and manifest.json into `out`; return `out`."""
+    """Write tensors/layers/histograms/losses.parquet and manifest.json into `out`; return `out`."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    t_rows, l_rows = [], []
-    for i in range(n_ckpts):
-        step = (i + 1) * every
-        ck = f"step_{step}"
-        for d in range(n_layers):
-            layer = layer_name(d, n_layers)
-            stage = stage_at(i, walk) if walk is not None and d < n_affected else "healthy"
-            g, sup, dip, p, below = STAGE_STATS[stage]
-            g *= 2.0**d * (1 + 0.05 * rng.standard_normal())
-            r_rms = 0.95 if dip > 0.1 else 0.25
-            stats = {
-                "numel": numel,
-                "u_mean": 0.0,
-                "u_std": r_rms * sup,
-                "u_rms": r_rms * sup,
-                "r_mean": 0.0,
-                "r_std": r_rms,
-                "r_rms": r_rms,
-                "suppression": sup,
-                "grad_rms": g,
-                "frac_below_eps": below,
-                "m_norm": g * math.sqrt(numel),
-                "v_l1": g * g * numel,
-                "zero_v": 3 if stage == "primed" else 0,
-                "nonfinite": 0,
-                "dip_u": dip * sup,
-                "dip_r": dip,
-                "dip_p_u": p,
-                "dip_p_r": p,
-                "dip_n": numel,
-                "stage": stage,
-            }
-            ident = {"checkpoint": ck, "step": step, "layer": layer, "depth": d}
-            l_rows.append({**ident, "n_tensors": 1, **stats})
-            t_rows.append(
-                {
-                    **ident,
-                    "tensor": f"{layer}.weight",
-                    "shape": f"[{numel}]",
-                    "dtype": "torch.float32",
-                    "beta1": 0.9,
-                    "beta2": 0.95,
-                    "eps": EPS,
-                    "lr": 1e-3,
-                    "weight_decay": 0.1,
-                    **stats,
-                }
-            )
-    io.write_parquet(io.frame("tensors", t_rows), out / "tensors.parquet")
-    io.write_parquet(io.frame("layers", l_rows), out / "layers.parquet")
+    ck_i, d = (
+        a.ravel() for a in np.meshgrid(np.arange(n_ckpts), np.arange(n_layers), indexing="ij")
+    )
+    stages = [
+        stage_at(int(i), walk) if walk is not None and depth < n_affected else "healthy"
+        for i, depth in zip(ck_i, d, strict=True)
+    ]
+    g, sup, dip, p, below = (
+        np.array(col) for col in zip(*(STAGE_STATS[s] for s in stages), strict=True)
+    )
+    g = g * 2.0**d * (1 + 0.05 * rng.standard_normal(len(d)))
+    r_rms = np.where(dip > 0.1, 0.95, 0.25)
+    names = [layer_name(k, n_layers) for k in range(n_layers)]
+    steps = (ck_i + 1) * every
+    base = pl.DataFrame(
+        {
+            "checkpoint": [f"step_{s}" for s in steps],
+            "step": steps,
+            "layer": [names[k] for k in d],
+            "depth": d,
+            "numel": numel,
+            "u_mean": 0.0,
+            "u_std": r_rms * sup,
+            "u_rms": r_rms * sup,
+            "r_mean": 0.0,
+            "r_std": r_rms,
+            "r_rms": r_rms,
+            "suppression": sup,
+            "grad_rms": g,
+            "frac_below_eps": below,
+            "m_norm": g * math.sqrt(numel),
+            "v_l1": g * g * numel,
+            "zero_v": np.where(np.array(stages) == "primed", 3, 0),
+            "nonfinite": 0,
+            "dip_u": dip * sup,
+            "dip_r": dip,
+            "dip_p_u": p,
+            "dip_p_r": p,
+            "dip_n": numel,
+            "stage": stages,
+            "n_tensors": 1,
+        }
+    )
+    extra = {
+        "tensor": pl.col("layer") + ".weight",
+        "shape": pl.lit(f"[{numel}]"),
+        "dtype": pl.lit("torch.float32"),
+        "beta1": pl.lit(0.9),
+        "beta2": pl.lit(0.95),
+        "eps": pl.lit(EPS),
+        "lr": pl.lit(1e-3),
+        "weight_decay": pl.lit(0.1),
+    }
+    tensors = _conform("tensors", base.with_columns(**extra))
+    io.write_parquet(tensors, out / "tensors.parquet")
+    layers = _conform("layers", base)
+    io.write_parquet(layers, out / "layers.parquet")
+    if histograms:
+        io.write_parquet(_histograms(layers), out / "histograms.parquet")
     n_loss = loss_steps if loss_steps is not None else n_ckpts * every
     if n_loss:
         steps = np.arange(1, n_loss + 1)
@@ -150,3 +160,45 @@ def make_tables(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+HIST_EDGES = np.linspace(-1.2, 1.2, 49)
+
+
+def _shape(stage: str, quantity: str, numel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bins of u or r for a stage: a bell (sd 0.25), a spike at 0, or modes at +-0.95."""
+    from scipy.special import ndtr
+
+    modes, sd = ((-0.95, 0.95), 0.08) if STAGE_STATS[stage][2] > 0.1 else ((0.0,), 0.25)
+    if quantity == "u" and stage in ("vanishing", "primed"):
+        modes, sd = (0.0,), 0.01  # eps swallows the update
+    cdf = sum(ndtr((HIST_EDGES - m) / sd) for m in modes) / len(modes)
+    counts = np.round(np.diff(cdf) * numel).astype(np.int64)
+    keep = counts > 0
+    return HIST_EDGES[:-1][keep], HIST_EDGES[1:][keep], counts[keep]
+
+
+def _histograms(layers: pl.DataFrame) -> pl.DataFrame:
+    """Layer-level u and r histograms for every row of `layers`, built by joining stage shapes."""
+    shapes = []
+    for stage in STAGE_STATS:
+        for q in ("u", "r"):
+            lo, hi, c = _shape(stage, q, 1_000_000)
+            shapes.append(pl.DataFrame({"stage": stage, "quantity": q, "lo": lo, "hi": hi, "w": c}))
+    bins = pl.concat(shapes)
+    rows = layers.select("checkpoint", "step", "layer", "stage", "numel").join(bins, on="stage")
+    rows = rows.with_columns(
+        level=pl.lit("layer"),
+        tensor=pl.lit(None, dtype=pl.Utf8),
+        count=(pl.col("w") * pl.col("numel") // 1_000_000).clip(lower_bound=1),
+    )
+    return rows.select(io.frame("histograms", []).columns).cast(
+        dict(io.frame("histograms", []).schema)
+    )
+
+
+def _conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """`df` with exactly the schema's columns, in order, with the schema's dtypes."""
+    schema = io.frame(table, []).schema
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in df.columns]
+    return df.with_columns(missing).select(list(schema)).cast(dict(schema))
