@@ -13,12 +13,12 @@ from adamscope.forensics.diff import (
     layer_stages,
     moved_first,
 )
-from adamscope.forensics.recover import (
-    GradientOptions,
+from adamscope.forensics.gradient_tables import (
     exact_layer_grad_norms,
     pair_gradients,
     write_gradients,
 )
+from adamscope.forensics.recover import GradientOptions
 
 __all__ = [
     "QUANTITIES",
