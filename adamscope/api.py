@@ -20,6 +20,7 @@ import polars as pl
 from adamscope import __version__
 from adamscope.config import StatsConfig
 from adamscope.discovery import Found, discover
+from adamscope.distributed import Dist, current
 from adamscope.errors import AdamscopeError
 from adamscope.readers.base import ReaderOptions, TensorState
 from adamscope.tables import io
@@ -37,7 +38,9 @@ class AnalyzeOptions:
     stats: StatsConfig = field(default_factory=StatsConfig)
     reader: ReaderOptions = field(default_factory=ReaderOptions)
     keep_going: bool = False  # analyse the other checkpoints when one fails
-    resume: bool = False  # skip checkpoints whose results are already in OUT (same path, size, mtime)
+    resume: bool = (
+        False  # skip checkpoints whose results are already in OUT (same path, size, mtime)
+    )
     tensor_histograms: bool = True  # per-tensor histograms as well as per-layer ones
 
 
@@ -58,7 +61,9 @@ class AnalyzeResult:
     tables: dict[str, Path]
 
 
-def analyze(path: Path, *, options: AnalyzeOptions, progress: Progress | None = None) -> AnalyzeResult:
+def analyze(
+    path: Path, *, options: AnalyzeOptions, progress: Progress | None = None
+) -> AnalyzeResult:
     """Analyse every checkpoint at `path` and write the tables into `options.out`.
 
     Returns the written tables and the checkpoints that failed (only with keep_going).
@@ -67,63 +72,134 @@ def analyze(path: Path, *, options: AnalyzeOptions, progress: Progress | None = 
         AdamscopeError: bad input (with keep_going: only when no checkpoint could be analysed).
     """
     path = Path(path)
+    d = current()
     found = discover(path)
     out = Path(options.out)
     parts_dir = out / PARTS
-    if out.exists() and not options.resume and parts_dir.exists():
-        shutil.rmtree(parts_dir)  # a fresh run: stale per-checkpoint parts must not leak in
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    keys = [fingerprint(f.path) for f in found]
+    if d.is_main:
+        if out.exists() and not options.resume and parts_dir.exists():
+            shutil.rmtree(parts_dir)  # a fresh run: stale per-checkpoint parts must not leak in
+        parts_dir.mkdir(parents=True, exist_ok=True)
+    # rank 0 decides what is already done, so that every rank walks the same list
+    resumed = d.broadcast(
+        [options.resume and (parts_dir / k / "meta.json").exists() for k in keys]
+        if d.is_main
+        else None
+    )
 
     failures: list[tuple[Path, str]] = []
     skipped: list[Path] = []
     done: list[tuple[Found, Path]] = []
     for i, f in enumerate(found):
         rel = _relative(f.path, path)
-        key = fingerprint(f.path)
-        part = parts_dir / key
-        if progress:
+        part = parts_dir / keys[i]
+        if progress and d.is_main:
             progress.checkpoint(i, len(found), f.path)
-        if options.resume and (part / "meta.json").exists():
+        if resumed[i]:
             skipped.append(f.path)
             done.append((f, part))
             continue
         try:
-            tables = analyze_checkpoint(f, rel=rel, options=options, progress=progress)
+            tables = analyze_checkpoint(
+                f, rel=rel, options=options, progress=progress if d.is_main else None, dist=d
+            )
         except AdamscopeError as e:
             if not options.keep_going:
                 raise
             log.error("%s", e)
             failures.append((f.path, str(e)))
             continue
-        _write_part(part, tables, meta={"path": str(f.path), "checkpoint": rel, "key": key})
+        if tables is not None:
+            _write_part(part, tables, meta={"path": str(f.path), "checkpoint": rel, "key": keys[i]})
         done.append((f, part))
     if not done:
         raise AdamscopeError(f"{path}: no checkpoint could be analysed ({len(failures)} failed)")
+    if not d.is_main:
+        return AnalyzeResult(out, [f.path for f, _ in done], failures, skipped, {})
     written = _merge_parts([p for _, p in done], out)
-    write_manifest(out, path=path, found=found, options=options, failures=failures)
+    write_manifest(out, path=path, found=found, options=options, failures=failures, world=d.world)
     return AnalyzeResult(out, [f.path for f, _ in done], failures, skipped, written)
 
 
-def analyze_checkpoint(
-    found: Found, *, rel: str, options: AnalyzeOptions, progress: Progress | None = None
-) -> dict[str, pl.DataFrame]:
-    """Stream one checkpoint through the engine; return its tensors/layers/histograms frames."""
-    from adamscope.layers import assign_layers
-    from adamscope.stats.engine import merge_layer, summarize
+@dataclass(frozen=True)
+class _Meta:
+    """What the tables need of a TensorState besides its sketch (picklable, unlike the reader)."""
 
-    reader = found.reader(found.path, options=options.reader)
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    step: float
+    hp: Any
+    piece: tuple[int, int] | None
+
+
+def analyze_checkpoint(
+    found: Found,
+    *,
+    rel: str,
+    options: AnalyzeOptions,
+    progress: Progress | None = None,
+    dist: Dist | None = None,
+) -> dict[str, pl.DataFrame] | None:
+    """Stream one checkpoint through the engine; return its tensors/layers/histograms frames.
+
+    Under torch.distributed every rank summarises its share of the tensors and rank 0 merges them
+    and returns the frames; the other ranks return None.
+    """
+    from adamscope.stats.engine import summarize
+
+    d = dist or Dist()
     cfg = options.stats
+    local: list[tuple[int, _Meta, Any]] = []
+    error: AdamscopeError | None = None
+    try:
+        reader = found.reader(found.path, options=options.reader)
+        for i, ts in enumerate(_tensors(reader, found.path)):
+            if not d.mine(i):
+                continue
+            sk = summarize(ts, cfg)
+            if progress:
+                progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
+            meta = _Meta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
+            local.append((i, meta, sk))
+    except AdamscopeError as e:
+        error = e
+    if d.active:
+        from adamscope.stats.sketch import TensorSketch
+
+        gathered = d.gather(
+            (str(error) if error else None, [(i, m, sk.to_state()) for i, m, sk in local])
+        )
+        first_error = None
+        if gathered is not None:
+            first_error = next((g[0] for g in gathered if g[0]), None)
+        first_error = d.broadcast(first_error)
+        if first_error:
+            raise error if error is not None else AdamscopeError(first_error)
+        if gathered is None:
+            return None
+        entries = sorted((e for g in gathered for e in g[1]), key=lambda e: e[0])
+        local = [(i, m, TensorSketch.from_state(st)) for i, m, st in entries]
+    elif error is not None:
+        raise error
+    return _frames(found, rel=rel, options=options, summaries=[(m, sk) for _, m, sk in local])
+
+
+def _frames(
+    found: Found, *, rel: str, options: AnalyzeOptions, summaries: list[tuple[_Meta, Any]]
+) -> dict[str, pl.DataFrame]:
+    from adamscope.layers import assign_layers
+    from adamscope.stats.engine import merge_layer
+
     sketches: dict[str, Any] = {}
-    meta: dict[str, TensorState] = {}
-    for ts in _tensors(reader, found.path):
-        sk = summarize(ts, cfg)
-        if progress:
-            progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
-        if ts.name in sketches:
-            sketches[ts.name] = sketches[ts.name].merge(sk)  # pieces of one sharded tensor
+    meta: dict[str, _Meta] = {}
+    for m, sk in summaries:
+        if m.name in sketches:
+            sketches[m.name] = sketches[m.name].merge(sk)  # pieces of one sharded tensor
         else:
-            sketches[ts.name] = sk
-            meta[ts.name] = ts
+            sketches[m.name] = sk
+            meta[m.name] = m
     if not sketches:
         raise AdamscopeError(f"{found.path}: the optimizer state holds no parameter tensors")
 
@@ -153,13 +229,19 @@ def analyze_checkpoint(
         row["step"] = int(round(ts.step))
         t_rows.append(row)
         if options.tensor_histograms:
-            h_rows.extend(_hist_rows(sk, {**ident, "level": "tensor", "tensor": name, "layer": lay.layer}))
+            h_rows.extend(
+                _hist_rows(sk, {**ident, "level": "tensor", "tensor": name, "layer": lay.layer})
+            )
         by_layer.setdefault(lay.layer, []).append(sk)
     for layer, sks in by_layer.items():
-        merged = merge_layer(sks)
+        merged = merge_layer(sks, name=layer)
         depth = next(layers[n].depth for n in sketches if layers[n].layer == layer)
-        l_rows.append({**ident, "layer": layer, "depth": depth, "n_tensors": len(sks), **merged.row()})
-        h_rows.extend(_hist_rows(merged, {**ident, "level": "layer", "tensor": None, "layer": layer}))
+        l_rows.append(
+            {**ident, "layer": layer, "depth": depth, "n_tensors": len(sks), **merged.row()}
+        )
+        h_rows.extend(
+            _hist_rows(merged, {**ident, "level": "layer", "tensor": None, "layer": layer})
+        )
     l_rows.sort(key=lambda r: r["depth"])
     return {
         "tensors": io.frame("tensors", t_rows),
@@ -175,7 +257,9 @@ def _tensors(reader: Any, path: Path) -> Iterator[TensorState]:
         raise
     except (OSError, EOFError, ValueError, KeyError, RuntimeError) as e:
         # A reader bug or a file broken in a way the reader did not foresee: still one line, the file named.
-        raise AdamscopeError(f"{path}: cannot read optimizer state ({type(e).__name__}: {e})") from e
+        raise AdamscopeError(
+            f"{path}: cannot read optimizer state ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _hist_rows(sk: Any, ident: dict[str, Any]) -> list[dict[str, Any]]:
@@ -198,7 +282,9 @@ def fingerprint(path: Path) -> str:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(
+            f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode()
+        )
     return h.hexdigest()[:20]
 
 
@@ -235,6 +321,7 @@ def write_manifest(
     found: list[Found],
     options: AnalyzeOptions,
     failures: list[tuple[Path, str]],
+    world: int = 1,
 ) -> None:
     import torch
 
@@ -245,12 +332,15 @@ def write_manifest(
         "inputs": {
             "path": str(path.resolve()),
             "checkpoints": [
-                {"path": _relative(f.path, path), "format": getattr(f.reader, "name", "?")} for f in found
+                {"path": _relative(f.path, path), "format": getattr(f.reader, "name", "?")}
+                for f in found
             ],
         },
         "options": {
             **options.stats.to_dict(),
-            "reader": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options.reader).items()},
+            "reader": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options.reader).items()
+            },
             "tensor_histograms": options.tensor_histograms,
         },
         "conventions": {
@@ -262,6 +352,7 @@ def write_manifest(
         },
         "thresholds": asdict(options.stats.thresholds),
         "failures": [{"path": str(p), "error": e} for p, e in failures],
+        "processes": world,
         "environment": {"torch": torch.__version__, "polars": pl.__version__},
     }
     io.write_json(manifest, out / "manifest.json")

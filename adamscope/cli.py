@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,8 +27,10 @@ PathArg = Annotated[
 ]
 OutOpt = Annotated[Path, typer.Option("-o", "--out", help="Output folder for tables and manifest.")]
 ModelOpt = Annotated[
-    Optional[Path],
-    typer.Option("--model", help="A model state_dict (or model folder) to recover parameter names from."),
+    Path | None,
+    typer.Option(
+        "--model", help="A model state_dict (or model folder) to recover parameter names from."
+    ),
 ]
 TrustOpt = Annotated[
     bool,
@@ -42,7 +44,9 @@ TrustOpt = Annotated[
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="adamscope: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="adamscope: %(levelname)s: %(message)s", stream=sys.stderr
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -65,7 +69,9 @@ def _reader_options(model: Path | None, trust_pickle: bool, **kw: Any) -> Any:
     from adamscope.readers.base import ReaderOptions
 
     if trust_pickle:
-        log.warning("--trust-pickle: checkpoint pickles may EXECUTE CODE. Use only on files you trust.")
+        log.warning(
+            "--trust-pickle: checkpoint pickles may EXECUTE CODE. Use only on files you trust."
+        )
     return ReaderOptions(model=model, trust_pickle=trust_pickle, **kw)
 
 
@@ -73,30 +79,47 @@ def _reader_options(model: Path | None, trust_pickle: bool, **kw: Any) -> Any:
 def analyze(
     path: PathArg,
     out: OutOpt = Path("adamscope-out"),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N: where reductions run.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N: where reductions run.")
+    ] = "auto",
     convention: Annotated[
-        str, typer.Option(help="torch (what torch Adam applies) or paper (Molybog et al.'s EMA weights).")
+        str,
+        typer.Option(
+            help="torch (what torch Adam applies) or paper (Molybog et al.'s EMA weights)."
+        ),
     ] = "torch",
-    chunk: Annotated[int, typer.Option(help="Elements per chunk; bounds memory (m, v and temporaries).")] = 1
-    << 22,
-    dip_sample: Annotated[int, typer.Option(help="Uniform sample size per tensor for the dip test.")] = 65536,
+    chunk: Annotated[
+        int, typer.Option(help="Elements per chunk; bounds memory (m, v and temporaries).")
+    ] = 1 << 22,
+    dip_sample: Annotated[
+        int, typer.Option(help="Uniform sample size per tensor for the dip test.")
+    ] = 65536,
     bins: Annotated[int, typer.Option(help="Bins of the linear u and r histograms.")] = 512,
     model: ModelOpt = None,
     keep_going: Annotated[
         bool, typer.Option("--keep-going", help="Analyse the other checkpoints when one fails.")
     ] = False,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Skip checkpoints already analysed into OUT (same path, size, mtime).")
+        bool,
+        typer.Option(
+            "--resume", help="Skip checkpoints already analysed into OUT (same path, size, mtime)."
+        ),
     ] = False,
     tensor_histograms: Annotated[
         bool, typer.Option(help="Store per-tensor histograms as well as per-layer ones.")
     ] = True,
-    beta1: Annotated[Optional[float], typer.Option(help="beta1 for formats that do not store it (MLX).")] = None,
-    beta2: Annotated[Optional[float], typer.Option(help="beta2 for formats that do not store it.")] = None,
-    eps: Annotated[Optional[float], typer.Option(help="eps for formats that do not store it.")] = None,
+    beta1: Annotated[
+        float | None, typer.Option(help="beta1 for formats that do not store it (MLX).")
+    ] = None,
+    beta2: Annotated[
+        float | None, typer.Option(help="beta2 for formats that do not store it.")
+    ] = None,
+    eps: Annotated[float | None, typer.Option(help="eps for formats that do not store it.")] = None,
     trust_pickle: TrustOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output.")] = 0,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More log output.")
+    ] = 0,
 ) -> None:
     """Stream the Adam state out of checkpoints into tensors/layers/histograms.parquet + manifest.json."""
     _setup_logging(verbose)
@@ -104,9 +127,13 @@ def analyze(
         _fail(f"--convention must be 'torch' or 'paper', not {convention!r}")
 
     def go() -> None:
-        from adamscope.api import AnalyzeOptions, analyze as run_analyze
+        from adamscope.api import AnalyzeOptions
+        from adamscope.api import analyze as run_analyze
         from adamscope.config import StatsConfig
+        from adamscope.distributed import init_from_env
         from adamscope.progress import RichProgress
+
+        d = init_from_env(device)
 
         opts = AnalyzeOptions(
             out=out,
@@ -122,13 +149,15 @@ def analyze(
             resume=resume,
             tensor_histograms=tensor_histograms,
         )
-        with RichProgress(enabled=not quiet) as progress:
+        with RichProgress(enabled=not quiet and d.is_main) as progress:
             result = run_analyze(path, options=opts, progress=progress)
+        if not d.is_main:
+            return
         from adamscope.summary import print_summary
 
         print_summary(result)
         if result.failures:
-            for p, err in result.failures:
+            for _, err in result.failures:
                 typer.echo(f"adamscope: failed: {err}", err=True)
             raise typer.Exit(1)
 

@@ -27,10 +27,8 @@ class Found:
 
 
 def step_from_name(path: Path) -> int | None:
-    m = None
-    for m in _STEP_IN_NAME.finditer(path.name):
-        pass
-    return int(m.group(1)) if m else None
+    matches = _STEP_IN_NAME.findall(path.name)
+    return int(matches[-1]) if matches else None
 
 
 def discover(path: Path) -> list[Found]:

@@ -53,5 +53,5 @@ def inspect_path(path: Path, *, options: ReaderOptions) -> Iterator[str]:
             + f"  [{n} tensors]"
         )
     width = min(max((len(r[0]) for r in rows), default=10), 70)
-    for name, shape, dtype, st in rows:
+    for name, shape, dtype, _ in rows:
         yield f"  {name:{width}s} {str(list(shape)):>18s} {dtype}"

@@ -51,7 +51,9 @@ def test_analyze_matches_live_optimizer_truth(family: str, checkpoint: str, tmp_
     analyze(FIXTURES / family / checkpoint, options=opts)
     got = pl.read_parquet(tmp_path / "out" / "tensors.parquet")
     rows = {r["tensor"]: r for r in got.iter_rows(named=True)}
-    assert sorted(rows) == sorted(truth["tensors"]), "parameter names differ from the training code's"
+    assert sorted(rows) == sorted(truth["tensors"]), (
+        "parameter names differ from the training code's"
+    )
     for name, want in truth["tensors"].items():
         row = rows[name]
         assert row["step"] == round(want["step"]), name
@@ -62,6 +64,11 @@ def test_analyze_matches_live_optimizer_truth(family: str, checkpoint: str, tmp_
             assert row[col] == pytest.approx(want[col], rel=1e-12), (name, col)
         for col in STATS:
             assert row[col] == pytest.approx(want[col], rel=1e-5, abs=1e-30), (name, col)
-        assert row["frac_below_eps"] == pytest.approx(want["frac_below_eps"], abs=0.5 / want["numel"])
+        assert row["frac_below_eps"] == pytest.approx(
+            want["frac_below_eps"], abs=0.5 / want["numel"]
+        )
         for mean, rms in (("u_mean", "u_rms"), ("r_mean", "r_rms")):
-            assert math.isclose(row[mean], want[mean], rel_tol=1e-5, abs_tol=1e-5 * want[rms]), (name, mean)
+            assert math.isclose(row[mean], want[mean], rel_tol=1e-5, abs_tol=1e-5 * want[rms]), (
+                name,
+                mean,
+            )

@@ -33,14 +33,25 @@ def test_llama_style_names():
     ]
     got = assign_layers(names)
     assert [got[n].layer for n in names] == [
-        "embedding", "block.0", "block.0", "block.1", "head", "head"
+        "embedding",
+        "block.0",
+        "block.0",
+        "block.1",
+        "head",
+        "head",
     ]
     assert [got[n].depth for n in names] == [0, 1, 1, 2, 3, 3]
 
 
 def test_two_stacks_keep_their_prefix_and_unknown_names_go_before_the_head():
-    names = ["shared.weight", "encoder.layer.0.w", "encoder.layer.1.w", "decoder.layers.0.w", "pooler.w",
-             "lm_head.weight"]
+    names = [
+        "shared.weight",
+        "encoder.layer.0.w",
+        "encoder.layer.1.w",
+        "decoder.layers.0.w",
+        "pooler.w",
+        "lm_head.weight",
+    ]
     got = assign_layers(names)
     assert got["encoder.layer.1.w"].layer == "encoder.layer.1"
     assert got["decoder.layers.0.w"].layer == "decoder.layers.0"

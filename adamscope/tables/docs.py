@@ -29,7 +29,14 @@ def render() -> str:
         "",
     ]
     for table, cols in TABLES.items():
-        out += [f"## {table}.parquet", "", _INTRO[table], "", "| column | type | meaning |", "|---|---|---|"]
+        out += [
+            f"## {table}.parquet",
+            "",
+            _INTRO[table],
+            "",
+            "| column | type | meaning |",
+            "|---|---|---|",
+        ]
         out += [f"| `{c.name}` | {c.dtype} | {_cell(c.doc)} |" for c in cols]
         out.append("")
     return "\n".join(out)

@@ -13,25 +13,39 @@ class Column:
 
 
 _ID = [
-    Column("checkpoint", "str", "checkpoint path relative to the analysed PATH ('.' when PATH is the checkpoint)"),
+    Column(
+        "checkpoint",
+        "str",
+        "checkpoint path relative to the analysed PATH ('.' when PATH is the checkpoint)",
+    ),
     Column("step", "i64", "optimizer step stored in the checkpoint (t, already incremented)"),
 ]
 
 _STATS = [
     Column("numel", "i64", "number of coordinates (padding excluded)"),
-    Column("u_mean", "f64", "mean of the Adam update u = m_hat / (sqrt(v_hat) + eps) over finite coordinates"),
+    Column(
+        "u_mean",
+        "f64",
+        "mean of the Adam update u = m_hat / (sqrt(v_hat) + eps) over finite coordinates",
+    ),
     Column("u_std", "f64", "population standard deviation (ddof=0) of u"),
     Column("u_rms", "f64", "sqrt(mean(u^2))"),
     Column("r_mean", "f64", "mean of the ratio r = m_hat / sqrt(v_hat) (r = 0 where v == 0)"),
     Column("r_std", "f64", "population standard deviation of r"),
     Column("r_rms", "f64", "sqrt(mean(r^2))"),
-    Column("suppression", "f64", "u_rms / r_rms: 1 when eps is negligible, -> 0 when eps swallows the update"),
+    Column(
+        "suppression",
+        "f64",
+        "u_rms / r_rms: 1 when eps is negligible, -> 0 when eps swallows the update",
+    ),
     Column("grad_rms", "f64", "gradient RMS estimate sqrt(mean(v_hat))"),
     Column("frac_below_eps", "f64", "share of coordinates with sqrt(v_hat) < eps"),
     Column("m_norm", "f64", "L2 norm of the raw exp_avg"),
     Column("v_l1", "f64", "sum of the raw exp_avg_sq (Li et al.'s variance l1)"),
     Column("zero_v", "i64", "coordinates with v == 0 (r and u set to 0 there)"),
-    Column("nonfinite", "i64", "coordinates whose m or v is NaN/Inf (excluded from every statistic)"),
+    Column(
+        "nonfinite", "i64", "coordinates whose m or v is NaN/Inf (excluded from every statistic)"
+    ),
     Column("u_min", "f64", "minimum of u"),
     Column("u_max", "f64", "maximum of u"),
     Column("r_min", "f64", "minimum of r"),
@@ -40,10 +54,18 @@ _STATS = [
     Column("dip_r", "f64", "Hartigan's dip of r on the same sample"),
     Column("dip_p_u", "f64", "dip test p-value of dip_u for a sample of dip_n points"),
     Column("dip_p_r", "f64", "dip test p-value of dip_r for a sample of dip_n points"),
-    Column("dip_n", "i64", "size of the sample the dip was computed on (all coordinates when numel <= it)"),
+    Column(
+        "dip_n",
+        "i64",
+        "size of the sample the dip was computed on (all coordinates when numel <= it)",
+    ),
     Column("bc_u", "f64", "Sarle's bimodality coefficient of u (> 5/9 suggests bimodality)"),
     Column("bc_r", "f64", "Sarle's bimodality coefficient of r"),
-    Column("stage", "str", "healthy | vanishing | primed | unstable (THEORY.md); null when numel < min_numel"),
+    Column(
+        "stage",
+        "str",
+        "healthy | vanishing | primed | unstable (THEORY.md); null when numel < min_numel",
+    ),
 ]
 
 _HP = [
@@ -58,7 +80,9 @@ TENSORS = [
     *_ID,
     Column("tensor", "str", "the training code's parameter name (named_parameters() spelling)"),
     Column("layer", "str", "layer the tensor belongs to: embedding, block.<i>, head, other"),
-    Column("depth", "i64", "layer position in depth order (embedding 0, block i -> i + 1, head last)"),
+    Column(
+        "depth", "i64", "layer position in depth order (embedding 0, block i -> i + 1, head last)"
+    ),
     Column("shape", "str", "tensor shape, e.g. '[768, 3072]'"),
     Column("dtype", "str", "dtype of exp_avg as stored"),
     *_HP,
