@@ -28,9 +28,9 @@ def register(reader: type[Reader], *, first: bool = False) -> type[Reader]:
 
 
 def _register_builtin() -> None:
+    from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.lightning import LightningReader
     from adamscope.readers.nanogpt import NanoGPTReader
-    from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.torch_optim import TorchOptimReader
 
     for reader in (NanoGPTReader, LightningReader, HFTrainerReader, TorchOptimReader):
