@@ -138,40 +138,53 @@ def coefficients(
 
 
 def update_and_ratio_raw(
-    m: torch.Tensor, vd: torch.Tensor, k: AdamCoefficients
+    m: torch.Tensor,
+    vd: torch.Tensor,
+    k: AdamCoefficients,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """u and r of float32 1-D `m` and denominator state `vd` (v, or max_exp_avg_sq for AMSGrad).
 
     r is NOT yet set to 0 where vd == 0 (it holds inf/nan there); `update_and_ratio` does that.
-    `m` and `vd` are left untouched; the work is done in two new buffers.
+    `m` and `vd` are left untouched. `out` = (u, r, scratch) buffers shaped like m, reused by the
+    engine to avoid allocating per block; new ones are made when it is None.
     """
     import torch
 
-    if k.convention == "torch":
-        dd = vd.sqrt()
-        if k.bias_correction:
-            dd.div_(k.sqrt_bc2)  # sqrt(v_hat) exactly as torch forms its denominator
-        mh = torch.div(m, k.bc1) if k.bias_correction else m.clone()
-        r = torch.div(mh, dd)
-        if k.eps_inside_sqrt:
-            den = torch.div(vd, k.bc2) if k.bias_correction else vd.clone()
-            den.add_(k.eps).sqrt_()
-        else:
-            den = dd.add_(k.eps)
+    uo, ro, tmp = out if out is not None else (torch.empty_like(m) for _ in range(3))
+    if k.bias_correction:
+        torch.div(m, k.bc1, out=uo)
     else:
-        mh = torch.div(m, k.bc1) if k.bias_correction else m.clone()
-        mh.mul_(k.beta1)
-        vp = torch.div(vd, k.bc2) if k.bias_correction else vd.clone()
-        vp.mul_(k.beta2)
+        uo.copy_(m)
+    if k.convention == "torch":
+        torch.sqrt(vd, out=tmp)
+        if k.bias_correction:
+            tmp.div_(k.sqrt_bc2)  # sqrt(v_hat) exactly as torch forms its denominator
+        torch.div(uo, tmp, out=ro)
         if k.eps_inside_sqrt:
-            r = torch.div(mh, vp.sqrt())
-            den = vp.add_(k.eps).sqrt_()
+            if k.bias_correction:
+                torch.div(vd, k.bc2, out=tmp)
+            else:
+                tmp.copy_(vd)
+            tmp.add_(k.eps).sqrt_()
         else:
-            dd = vp.sqrt_()
-            r = torch.div(mh, dd)
-            den = dd.add_(k.eps)
-    u = mh.div_(den)
-    return u, r
+            tmp.add_(k.eps)
+    else:  # paper: m' = b1 m_hat, v' = b2 v_hat
+        uo.mul_(k.beta1)
+        if k.bias_correction:
+            torch.div(vd, k.bc2, out=tmp)
+        else:
+            tmp.copy_(vd)
+        tmp.mul_(k.beta2)
+        torch.sqrt(tmp, out=ro)
+        torch.div(uo, ro, out=ro)
+        if k.eps_inside_sqrt:
+            tmp.add_(k.eps).sqrt_()
+        else:
+            tmp.sqrt_().add_(k.eps)
+    uo.div_(tmp)
+    return uo, ro
 
 
 def update_and_ratio(

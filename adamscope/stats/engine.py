@@ -155,26 +155,50 @@ class _Folder:
         self.ns: list[int] = []
         self.nonfinite = 0
         self._no_zeros = torch.zeros((), dtype=torch.int64, device=device)
+        self._bufs: tuple[torch.Tensor, ...] | None = None
+
+    def _buffers(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Five float32 block buffers and an int32 one, allocated once and reused."""
+        t = self.torch
+        if self._bufs is None or self._bufs[0].numel() < n:
+            dev = self._no_zeros.device
+            f = [t.empty(n, dtype=t.float32, device=dev) for _ in range(5)]
+            self._bufs = (*f, t.empty(n, dtype=t.int32, device=dev))
+        return tuple(b[:n] for b in self._bufs)
+
+    def _log10(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # numpy's SIMD log10 is ~4x faster than torch's on CPU; -inf for zeros is what we want
+        if self.cpu:
+            with np.errstate(divide="ignore"):
+                np.log10(x.numpy(), out=out.numpy())
+            return out
+        return self.torch.log10(x, out=out)
 
     def _count(
-        self, q: str, x: torch.Tensor, scale: float, offset: float, top: int, inplace: bool = False
+        self, q: str, x: torch.Tensor, scale: float, offset: float, top: int, out: torch.Tensor
     ) -> None:
-        """Add x to histogram q (overwriting x when `inplace`)."""
+        """Add x to histogram q via scratch `out` (may be x): bin = trunc(x * scale + offset)."""
         t = self.torch
-        y = x.mul_(scale) if inplace else x.mul(scale)
-        idx = y.add_(offset).clamp_(0.0, top + 1.0).to(t.int32)
+        t.mul(x, scale, out=out).add_(offset).clamp_(0.0, top + 1.0)
+        x = out
+        idx = self._bufs[5][: x.numel()] if self.cpu else x.to(t.int32)
+        if self.cpu:
+            idx.copy_(x)
         self.hists[q] += t.bincount(idx, minlength=top + 2)
 
     def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # BLAS sdot is fast and accurate enough on a CPU block; on GPUs a tree reduction is free.
         return self.torch.dot(a, b) if self.cpu else (a * b).sum()
 
-    def _moment_sums(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _moment_sums(
+        self, x: torch.Tensor, d: torch.Tensor, d2: torch.Tensor
+    ) -> list[torch.Tensor]:
         """[shift, S1..S4], S_k = sum (x - shift)**k; the shift (a strided mean) keeps S1 small."""
+        t = self.torch
         stride = max(1, x.numel() // _SHIFT_POINTS)
         c = x[::stride].mean()
-        d = x - c
-        d2 = d * d
+        t.sub(x, c, out=d)
+        t.mul(d, d, out=d2)
         return [c, d.sum(), d2.sum(), self._dot(d2, d), self._dot(d2, d2)]
 
     def _sums(
@@ -200,32 +224,36 @@ class _Folder:
             bad = m.numel() - int(ok.sum())
             if bad:
                 self.nonfinite += bad
-                m, v, vd = m[ok], v[ok], vd[ok]
+                m, v = m[ok], v[ok]
+                vd = vd[ok] if has_vmax else v
                 if not m.numel():
                     return
             sums, finite = self._sums(m, v, vd if has_vmax else None)
             if not finite:  # finite terms, overflowing float32 sum
                 sums = [v.double().sum(), t.dot(m.double(), m.double())]
         n = m.numel()
-        self._count("log10_sqrt_vhat", t.log10(v), *self.logv, self.n_log, inplace=True)
-        below = t.count_nonzero(vd < self.below_thr if self.below_thr else vd <= 0)
-        u, r = update_and_ratio_raw(m, vd, self.k)
+        u, r, a, b, flag_buf, _ = self._buffers(n)
+        self._count("log10_sqrt_vhat", self._log10(v, a), *self.logv, self.n_log, a)
+        flags = flag_buf.view(t.bool)[:n] if self.cpu else None
+        cmp = t.lt(vd, self.below_thr, out=flags) if self.below_thr else t.le(vd, 0.0, out=flags)
+        below = t.count_nonzero(cmp)
+        update_and_ratio_raw(m, vd, self.k, out=(u, r, a))
         rlo, rhi = t.aminmax(r)
         zeros = self._no_zeros
         # On CPU look first (cheap); on a GPU always fix, a sync would cost more than the work.
         if not self.cpu or not (math.isfinite(rlo) and math.isfinite(rhi)):
-            zero = vd == 0
+            zero = t.eq(vd, 0.0, out=flags)
             zeros = t.count_nonzero(zero)
             r.masked_fill_(zero, 0.0)
             r.nan_to_num_(nan=0.0)  # |m| huge over a denormal v (edited state) may overflow
             rlo, rhi = t.aminmax(r)
         ulo, uhi = t.aminmax(u)
         parts = [*sums, below, zeros, ulo, uhi, rlo, rhi]
-        parts += self._moment_sums(u) + self._moment_sums(r)
-        self._count("u", u, *self.lin, self.nb)
-        self._count("r", r, *self.lin, self.nb)
-        self._count("log10_abs_u", u.abs_().log10_(), *self.logq, self.n_log, inplace=True)
-        self._count("log10_abs_r", r.abs_().log10_(), *self.logq, self.n_log, inplace=True)
+        parts += self._moment_sums(u, a, b) + self._moment_sums(r, a, b)
+        self._count("u", u, *self.lin, self.nb, a)
+        self._count("r", r, *self.lin, self.nb, a)
+        self._count("log10_abs_u", self._log10(u.abs_(), u), *self.logq, self.n_log, u)
+        self._count("log10_abs_r", self._log10(r.abs_(), r), *self.logq, self.n_log, r)
         self.blocks.append(t.stack([p.to(t.float64) for p in parts]))
         self.ns.append(n)
 
