@@ -69,15 +69,34 @@ def discover(path: Path) -> list[Found]:
 
 
 def _readable(paths: list[Path]) -> list[Found]:
-    from adamscope.readers import registry
-
     found = []
     for p in paths:
-        try:
-            found.append(Found(p, step_from_name(p), registry.detect(p)))
-        except AdamscopeError:
-            continue
+        f = _resolve(p)
+        if f is not None:
+            found.append(f)
     return found
+
+
+def _resolve(p: Path) -> Found | None:
+    """`p` as a checkpoint: itself, or the one checkpoint file inside a step folder (step_N/ckpt.pt)."""
+    from adamscope.readers import registry
+
+    try:
+        return Found(p, step_from_name(p), registry.detect(p))
+    except AdamscopeError:
+        pass
+    if not p.is_dir():
+        return None
+    inner = []
+    for c in sorted(p.iterdir()):
+        if c.is_file() and not c.name.startswith("."):
+            try:
+                inner.append(Found(c, step_from_name(p), registry.detect(c)))
+            except AdamscopeError:
+                continue
+    if len(inner) > 1:
+        log.warning("%s: several checkpoint files (%s); skipped", p, ", ".join(f.path.name for f in inner))
+    return inner[0] if len(inner) == 1 else None
 
 
 def _probe_quiet(path: Path) -> bool:
