@@ -1,0 +1,187 @@
+"""Optimizer state saved as safetensors: MLX (`mx.save_safetensors(path,
+dict(tree_flatten(optimizer.state)))`), streamed with `safe_open(...).get_slice`.
+
+MLX layout (checked with mlx 0.32 on CPU): `step` (uint64 scalar, already incremented),
+`learning_rate` (when set), and `<param path>.m` / `<param path>.v` holding Adam's raw EMAs in the
+parameter dtype. Betas, eps, weight decay and bias correction are NOT saved, and MLX's Adam applies
+no bias correction by default: they come from ReaderOptions, else MLX's defaults with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsupportedFormatError
+from adamscope.readers.base import CheckpointInfo, HyperParams, ReaderOptions, TensorState
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# mlx.optimizers.Adam / AdamW defaults
+MLX_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "bias_correction": False}
+
+
+def _keys(path: Path) -> list[str] | None:
+    """Tensor names of a safetensors file (header only), or None when it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+
+
+def _is_mlx_optimizer(keys: list[str]) -> bool:
+    names = set(keys)
+    moments = [k[: -len(".m")] for k in keys if k.endswith(".m")]
+    return "step" in names and bool(moments) and all(f"{n}.v" in names for n in moments)
+
+
+def flat_slices(shape: tuple[int, ...], a: int, b: int) -> Iterator[tuple[slice, ...]]:
+    """Index tuples of boxes that together cover flat (row-major) elements [a, b) in order.
+
+    get_slice indexes per dimension; a flat range splits into at most a few boxes per dimension.
+    """
+    if not shape:
+        yield ()
+        return
+    if len(shape) == 1:
+        yield (slice(a, b),)
+        return
+    inner = math.prod(shape[1:])
+    r0, c0 = divmod(a, inner)
+    r1, c1 = divmod(b, inner)
+    if r0 == r1:
+        for rest in flat_slices(shape[1:], c0, c1):
+            yield (slice(r0, r0 + 1), *rest)
+        return
+    if c0:
+        for rest in flat_slices(shape[1:], c0, inner):
+            yield (slice(r0, r0 + 1), *rest)
+        r0 += 1
+    if r1 > r0:
+        yield (slice(r0, r1), *(slice(None),) * (len(shape) - 1))
+    if c1:
+        for rest in flat_slices(shape[1:], 0, c1):
+            yield (slice(r1, r1 + 1), *rest)
+
+
+def read_flat(handle: Any, name: str, shape: tuple[int, ...], a: int, b: int) -> Any:
+    """Flat elements [a, b) of tensor `name` through safe_open's lazy get_slice."""
+    import torch
+
+    if not shape:
+        return handle.get_tensor(name).reshape(1)[a:b]
+    sl = handle.get_slice(name)
+    parts = [sl[idx].reshape(-1) for idx in flat_slices(shape, a, b)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class SafetensorsOptimReader:
+    """MLX optimizer state in one safetensors file."""
+
+    name = "mlx-safetensors"
+
+    @classmethod
+    def probe(cls, path: Path) -> bool:
+        path = Path(path)
+        if not path.is_file() or path.suffix != ".safetensors":
+            return False
+        keys = _keys(path)
+        return keys is not None and _is_mlx_optimizer(keys)
+
+    def __init__(self, path: Path, *, options: ReaderOptions) -> None:
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        self.options = options
+        keys = _keys(self.path)
+        if keys is None:
+            raise UnsupportedFormatError(f"{self.path}: not a safetensors file")
+        if not _is_mlx_optimizer(keys):
+            found = sorted({k.rsplit(".", 1)[-1] for k in keys if "." in k})
+            if "step" in keys and not any(k.endswith(".v") for k in keys):
+                raise NotAdamError(
+                    f"{self.path}: MLX-style optimizer state without '.v' entries (found state "
+                    f"names {', '.join(found[:8])}): not Adam"
+                )
+            raise UnsupportedFormatError(
+                f"{self.path}: safetensors without MLX optimizer keys ('step', '<name>.m', "
+                "'<name>.v'); is it a model file?"
+            )
+        self.names = [k[: -len(".m")] for k in keys if k.endswith(".m")]
+        with safe_open(str(self.path), framework="pt") as f:
+            self.shapes = {n: tuple(f.get_slice(f"{n}.m").get_shape()) for n in self.names}
+            self.dtypes = {n: f.get_slice(f"{n}.m").get_dtype() for n in self.names}
+            for n in self.names:
+                if tuple(f.get_slice(f"{n}.v").get_shape()) != self.shapes[n]:
+                    raise CorruptCheckpointError(f"{self.path}: '{n}.m' and '{n}.v' shapes differ")
+            self.step = float(f.get_tensor("step").item())
+            self.lr = (
+                float(f.get_tensor("learning_rate").item()) if "learning_rate" in keys else None
+            )
+
+    def describe(self) -> CheckpointInfo:
+        return CheckpointInfo(
+            path=self.path,
+            format=self.name,
+            step=int(self.step),
+            n_tensors=len(self.names),
+            n_params=sum(math.prod(s) for s in self.shapes.values()),
+            bytes_on_disk=self.path.stat().st_size,
+            notes=("MLX saves no betas/eps/bias correction: taken from options or MLX defaults",),
+        )
+
+    def hyper_params(self) -> HyperParams:
+        """Betas/eps/bias correction from ReaderOptions, else MLX's defaults (with a warning)."""
+        chosen, defaulted = {}, []
+        for key, default in MLX_DEFAULTS.items():
+            value = getattr(self.options, key)
+            if value is None:
+                value = default
+                defaulted.append(f"{key}={default}")
+            chosen[key] = value
+        if defaulted:
+            log.warning(
+                "%s: MLX optimizer files do not store %s; assuming MLX's defaults (%s). "
+                "Pass --beta1/--beta2/--eps/--bias-correction if the run used others.",
+                self.path,
+                "/".join(d.split("=")[0] for d in defaulted),
+                ", ".join(defaulted),
+            )
+        return HyperParams(
+            beta1=float(chosen["beta1"]),
+            beta2=float(chosen["beta2"]),
+            eps=float(chosen["eps"]),
+            lr=self.lr,
+            bias_correction=bool(chosen["bias_correction"]),
+        )
+
+    def iter_tensors(self) -> Iterator[TensorState]:
+        hp = self.hyper_params()
+        for name in self.names:
+            yield TensorState(
+                name=name,
+                shape=self.shapes[name],
+                step=self.step,
+                hp=hp,
+                dtype=_DTYPES.get(self.dtypes[name], self.dtypes[name].lower()),
+                chunks=lambda n, name=name: self._chunks(name, n),
+                notes=["order: the file's (alphabetical) key order, not the model's"],
+            )
+
+    def _chunks(self, name: str, n: int) -> Iterator[tuple]:
+        from safetensors import safe_open
+
+        shape, numel = self.shapes[name], math.prod(self.shapes[name])
+        with safe_open(str(self.path), framework="pt") as f:
+            for a in range(0, numel, n):
+                b = min(a + n, numel)
+                m = read_flat(f, f"{name}.m", shape, a, b)
+                v = read_flat(f, f"{name}.v", shape, a, b)
+                yield a, m, v, None
