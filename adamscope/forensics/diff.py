@@ -20,6 +20,7 @@ from adamscope.errors import AdamscopeError
 from adamscope.forensics.lockstep import (
     Side,
     aligned,
+    in_blocks,
     model_weights,
     open_side,
     side_of,
@@ -65,7 +66,7 @@ def _sums(ta: TensorState, tb: TensorState, wa: Any, wb: Any, chunk: int) -> dic
     out: dict[str, list[float]] = {q: [0.0, 0.0] for q in QUANTITIES if q != "weight" or with_w}
     f32, f64 = torch.float32, torch.float64
     with torch.no_grad():
-        for _, parts in aligned(sources, what=tb.name, open_ended=open_ended):
+        for _, parts in in_blocks(aligned(sources, what=tb.name, open_ended=open_ended)):
             (ma, va, xa), (mb, vb, xb) = parts[0], parts[1]
             ua, ra = update_and_ratio(ma.to(f32), (va if xa is None else xa).to(f32), ka)
             ub, rb = update_and_ratio(mb.to(f32), (vb if xb is None else xb).to(f32), kb)

@@ -143,6 +143,22 @@ def aligned(
         pos += k
 
 
+# Elements handled at once in float64 arithmetic: bounds the working copies (about 15 float64
+# arrays of this length, ~30 MB) whatever the reader's chunk size.
+WORK_BLOCK = 1 << 18
+
+
+def in_blocks(
+    pieces: Iterator[tuple[int, list[tuple]]], block: int = WORK_BLOCK
+) -> Iterator[tuple[int, list[tuple]]]:
+    """Split the aligned pieces of `aligned` further into at most `block` elements (views)."""
+    for pos, parts in pieces:
+        n = int(parts[0][0].numel())
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            yield pos + lo, [tuple(None if x is None else x[lo:hi] for x in p) for p in parts]
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """Half the machine epsilon of a float dtype (2**-24 for float32, 2**-9 for bfloat16)."""
     import torch

@@ -25,6 +25,7 @@ from adamscope.errors import AdamscopeError
 from adamscope.forensics.lockstep import (
     Side,
     aligned,
+    in_blocks,
     model_weights,
     state_source,
     tensor_source,
@@ -124,7 +125,7 @@ def pair_sums(
     s = Sums()
     f64 = torch.float64
     with torch.no_grad():
-        for _, parts in aligned(sources, what=b.name, open_ended=open_ended):
+        for _, parts in in_blocks(aligned(sources, what=b.name, open_ended=open_ended)):
             mb, vb, vmax = parts[0]
             ud = unit_roundoff(mb.dtype)
             mb, vb = mb.to(f64), vb.to(f64)
