@@ -1,12 +1,14 @@
 """A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (no websocket needed).
 
 Chromium reads commands from fd 3 and writes replies/events to fd 4, each a JSON message ending in a
-NUL byte. We hand it two pipes as fds 3 and 4 through a shell redirection.
+NUL byte. We hand it two pipes as fds 3 and 4 through a bash redirection (dash takes only
+single-digit fds).
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -39,19 +41,33 @@ def find_chromium() -> str | None:
     return None
 
 
+def _log_file() -> Any:
+    """Chromium's stderr goes to $ADAMSCOPE_CDP_LOG when set (for debugging a failing start)."""
+    path = os.environ.get("ADAMSCOPE_CDP_LOG")
+    return open(path, "a") if path else None  # noqa: SIM115 - the child keeps it
+
+
+def _high_fd(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class Browser:
     """One headless Chromium with one page target attached (flattened session)."""
 
     def __init__(self, binary: str, profile: Path, *, width: int = 1280, height: int = 900) -> None:
         to_browser_r, self._w = os.pipe()
         self._r, from_browser_w = os.pipe()
+        # Move the child's ends above 9 so that the redirections to 3 and 4 cannot clobber them.
+        to_browser_r, from_browser_w = (_high_fd(fd) for fd in (to_browser_r, from_browser_w))
         cmd = [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]
         shell = f'exec "$@" 3<&{to_browser_r} 4>&{from_browser_w}'
         self.proc = subprocess.Popen(
-            ["sh", "-c", shell, "sh", *cmd],
+            ["bash", "-c", shell, "bash", *cmd],
             pass_fds=(to_browser_r, from_browser_w),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log if (log := _log_file()) else subprocess.DEVNULL,
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
