@@ -36,10 +36,21 @@ def _keys(path: Path) -> list[str] | None:
         return None
 
 
-def _is_mlx_optimizer(keys: list[str]) -> bool:
+# per-parameter state names of mlx.optimizers (Adam/AdamW: m, v; SGD/RMSprop: v; Lion: m; ...)
+_MLX_STATE = frozenset({"m", "v", "s", "u", "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"})
+_MLX_SCALARS = frozenset({"step", "learning_rate"})
+
+
+def _is_mlx_state(keys: list[str]) -> bool:
+    """`step` plus only `<path>.<state name>` entries: an mlx.optimizers state (any optimizer)."""
+    rest = [k for k in keys if k not in _MLX_SCALARS]
+    return "step" in keys and bool(rest) and all(k.rsplit(".", 1)[-1] in _MLX_STATE for k in rest)
+
+
+def _is_mlx_adam(keys: list[str]) -> bool:
     names = set(keys)
     moments = [k[: -len(".m")] for k in keys if k.endswith(".m")]
-    return "step" in names and bool(moments) and all(f"{n}.v" in names for n in moments)
+    return bool(moments) and all(f"{n}.v" in names for n in moments)
 
 
 def flat_slices(shape: tuple[int, ...], a: int, b: int) -> Iterator[tuple[slice, ...]]:
@@ -93,7 +104,7 @@ class SafetensorsOptimReader:
         if not path.is_file() or path.suffix != ".safetensors":
             return False
         keys = _keys(path)
-        return keys is not None and _is_mlx_optimizer(keys)
+        return keys is not None and _is_mlx_state(keys)
 
     def __init__(self, path: Path, *, options: ReaderOptions) -> None:
         from safetensors import safe_open
@@ -103,16 +114,16 @@ class SafetensorsOptimReader:
         keys = _keys(self.path)
         if keys is None:
             raise UnsupportedFormatError(f"{self.path}: not a safetensors file")
-        if not _is_mlx_optimizer(keys):
-            found = sorted({k.rsplit(".", 1)[-1] for k in keys if "." in k})
-            if "step" in keys and not any(k.endswith(".v") for k in keys):
-                raise NotAdamError(
-                    f"{self.path}: MLX-style optimizer state without '.v' entries (found state "
-                    f"names {', '.join(found[:8])}): not Adam"
-                )
+        if not _is_mlx_state(keys):
             raise UnsupportedFormatError(
                 f"{self.path}: safetensors without MLX optimizer keys ('step', '<name>.m', "
                 "'<name>.v'); is it a model file?"
+            )
+        if not _is_mlx_adam(keys):
+            found = sorted({k.rsplit(".", 1)[-1] for k in keys if k not in _MLX_SCALARS})
+            raise NotAdamError(
+                f"{self.path}: MLX optimizer state holds per-parameter '{', '.join(found)}', "
+                "not Adam's m and v (SGD/RMSprop keep v, Lion m, Adafactor factored rows)"
             )
         self.names = [k[: -len(".m")] for k in keys if k.endswith(".m")]
         with safe_open(str(self.path), framework="pt") as f:
