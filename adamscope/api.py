@@ -42,6 +42,11 @@ class AnalyzeOptions:
         False  # skip checkpoints whose results are already in OUT (same path, size, mtime)
     )
     tensor_histograms: bool = True  # per-tensor histograms as well as per-layer ones
+    logs: tuple[Path, ...] = ()  # training logs; empty: look for them in PATH (a folder)
+    loss_key: str | None = None
+    step_key: str | None = None
+    layer_norm_pattern: str | None = None
+    gradients: bool = True  # exact gradients for checkpoints saved one step apart (gradients.parquet)
 
 
 class Progress(Protocol):
@@ -118,6 +123,10 @@ def analyze(
     if not d.is_main:
         return AnalyzeResult(out, [f.path for f, _ in done], failures, skipped, {})
     written = _merge_parts([p for _, p in done], out)
+    written.update(_ingest_logs(path, out, options))
+    if options.gradients:
+        rels = [(_relative(f.path, path), f) for f, _ in done]
+        written.update(_consecutive_gradients(rels, written["tensors"], out, options))
     write_manifest(out, path=path, found=found, options=options, failures=failures, world=d.world)
     return AnalyzeResult(out, [f.path for f, _ in done], failures, skipped, written)
 
@@ -248,6 +257,58 @@ def _frames(
         "layers": io.frame("layers", l_rows),
         "histograms": io.frame("histograms", h_rows),
     }
+
+
+def _consecutive_gradients(
+    found: list[tuple[str, Found]], tensors: Path, out: Path, options: AnalyzeOptions
+) -> dict[str, Path]:
+    """gradients.parquet for every pair of analysed checkpoints whose stored steps differ by 1."""
+    from adamscope.gradients import GradientOptions, pair_gradients
+
+    step_of = dict(
+        pl.read_parquet(tensors, columns=["checkpoint", "step"])
+        .group_by("checkpoint")
+        .agg(pl.col("step").mode().first())
+        .iter_rows()
+    )
+    by_step = {step_of[rel]: f for rel, f in found if rel in step_of}
+    gopts = GradientOptions(reader=options.reader, chunk_elems=options.stats.chunk_elems)
+    frames = []
+    for st in sorted(by_step):
+        if st - 1 not in by_step:
+            continue
+        a, b = by_step[st - 1], by_step[st]
+        try:
+            t, lay = pair_gradients(a.path, b.path, options=gopts)
+        except AdamscopeError as e:
+            log.warning("gradients %s -> %s skipped: %s", a.path, b.path, e)
+            continue
+        frames += [t.with_columns(level=pl.lit("tensor")), lay.with_columns(level=pl.lit("layer"))]
+    if not frames:
+        return {}
+    df = pl.concat(frames, how="diagonal_relaxed")
+    target = out / "gradients.parquet"
+    io.write_parquet(df.select("level", *[c for c in df.columns if c != "level"]), target)
+    return {"gradients": target}
+
+
+def _ingest_logs(path: Path, out: Path, options: AnalyzeOptions) -> dict[str, Path]:
+    """losses.parquet (and grad_norms.parquet) from the logs given, or found in the run folder."""
+    from adamscope.logs import find_logs, write_logs
+
+    paths = list(options.logs) or (find_logs(path) if path.is_dir() else [])
+    if not paths:
+        return {}
+    kw = {"layer_norm_pattern": options.layer_norm_pattern} if options.layer_norm_pattern else {}
+    files = write_logs(
+        out,
+        paths,
+        loss_key=options.loss_key,
+        step_key=options.step_key,
+        missing_ok=not options.logs,
+        **kw,
+    )
+    return {f.stem: f for f in files}
 
 
 def _tensors(reader: Any, path: Path) -> Iterator[TensorState]:

@@ -108,6 +108,12 @@ def analyze(
     tensor_histograms: Annotated[
         bool, typer.Option(help="Store per-tensor histograms as well as per-layer ones.")
     ] = True,
+    gradients: Annotated[
+        bool,
+        typer.Option(
+            help="Exact gradients (gradients.parquet) for checkpoints saved one step apart."
+        ),
+    ] = True,
     beta1: Annotated[
         float | None, typer.Option(help="beta1 for formats that do not store it (MLX).")
     ] = None,
@@ -115,6 +121,26 @@ def analyze(
         float | None, typer.Option(help="beta2 for formats that do not store it.")
     ] = None,
     eps: Annotated[float | None, typer.Option(help="eps for formats that do not store it.")] = None,
+    log_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--log",
+            help="Training log(s) for losses.parquet: trainer_state.json, TensorBoard event file/folder, "
+            "JSONL or CSV. Default: found in PATH.",
+        ),
+    ] = None,
+    loss_key: Annotated[
+        str | None, typer.Option(help="Loss column/key in a JSONL/CSV log.")
+    ] = None,
+    step_key: Annotated[
+        str | None, typer.Option(help="Step column/key in a JSONL/CSV log.")
+    ] = None,
+    layer_norm_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="Regex of logged per-layer gradient-norm keys (the exact heatmap source)."
+        ),
+    ] = None,
     trust_pickle: TrustOpt = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     verbose: Annotated[
@@ -148,6 +174,11 @@ def analyze(
             keep_going=keep_going,
             resume=resume,
             tensor_histograms=tensor_histograms,
+            gradients=gradients,
+            logs=tuple(log_file or ()),
+            loss_key=loss_key,
+            step_key=step_key,
+            layer_norm_pattern=layer_norm_pattern,
         )
         with RichProgress(enabled=not quiet and d.is_main) as progress:
             result = run_analyze(path, options=opts, progress=progress)
@@ -179,6 +210,318 @@ def inspect(
 
         for line in inspect_path(path, options=_reader_options(model, trust_pickle)):
             typer.echo(line)
+
+    _run(go)
+
+
+TablesArg = Annotated[
+    Path, typer.Argument(help="The output folder of `adamscope analyze` (tables + manifest.json).")
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="Comma-separated: png, svg, pdf.")]
+
+
+def _ints(text: str | None) -> list[int | None] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) if x.strip() else None for x in text.split(",")]
+    except ValueError:
+        _fail(f"expected comma-separated integers, got {text!r}")
+        raise  # unreachable
+
+
+@app.command()
+def figures(
+    tables: TablesArg,
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", help="Folder for the figures (default TABLES/figures)."),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Figures to draw, e.g. 2,5,6 (default: 2-10).")
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="t1,t2,t3 for Figures 7-10 instead of spike detection (blanks allowed)."),
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Layers for Figures 2, 3, 5, 6 (comma-separated).")
+    ] = None,
+    focus_layer: Annotated[
+        str | None, typer.Option(help="The layer of Figures 8-10 (default: embedding).")
+    ] = None,
+    fmt: FormatOpt = "png,svg",
+    dpi: Annotated[int, typer.Option(help="Resolution of PNG output.")] = 120,
+) -> None:
+    """Draw Figures 2-10 of Molybog et al. from the tables (no second pass over the checkpoints)."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.figures import write_figures
+
+        files = write_figures(
+            out or tables / "figures",
+            tables,
+            only=[int(x) for x in only.split(",")] if only else None,
+            steps=_ints(steps),
+            layers=layers.split(",") if layers else None,
+            focus_layer=focus_layer,
+            formats=tuple(fmt.split(",")),
+            dpi=dpi,
+        )
+        typer.echo(f"wrote {len(files)} files to {out or tables / 'figures'}/")
+
+    _run(go)
+
+
+@app.command()
+def heatmap(
+    tables: TablesArg,
+    out: Annotated[
+        Path | None,
+        typer.Option("-o", "--out", help="Output path without suffix (default TABLES/heatmap)."),
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option(help="t1,t2,t3 to mark instead of spike detection.")
+    ] = None,
+    fmt: FormatOpt = "png,svg",
+    dpi: Annotated[int, typer.Option(help="Resolution of PNG output.")] = 120,
+) -> None:
+    """Figure 4: log gradient norm per layer x step beside the loss strip, and the stage of every layer."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.figures import write_heatmap
+
+        files = write_heatmap(
+            tables,
+            out or tables / "heatmap",
+            steps=_ints(steps),
+            formats=tuple(fmt.split(",")),
+            dpi=dpi,
+        )
+        for f in files:
+            typer.echo(str(f))
+
+    _run(go)
+
+
+@app.command()
+def report(
+    tables: TablesArg,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="The HTML file (default TABLES/report.html).")
+    ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint (path or step) of the layer table; default: first primed/unstable, else last."
+        ),
+    ] = None,
+    no_figures: Annotated[
+        bool, typer.Option("--no-figures", help="Leave the figures out (faster).")
+    ] = False,
+) -> None:
+    """One self-contained HTML page (inline figures, CSS, JS; no network) telling the run's story."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.report import write_report
+
+        ck: str | int | None = checkpoint
+        if checkpoint is not None and checkpoint.isdigit():
+            ck = int(checkpoint)
+        path = write_report(
+            tables, out or tables / "report.html", checkpoint=ck, figures=not no_figures
+        )
+        typer.echo(f"report: {path}")
+
+    _run(go)
+
+
+@app.command()
+def simulate(
+    out: Annotated[
+        Path, typer.Argument(help="Run folder to create (step_N/ckpt.pt + train_log.jsonl).")
+    ],
+    layers: Annotated[int, typer.Option(help="Transformer blocks of the simulated model.")] = 3,
+    affected: Annotated[
+        int, typer.Option(help="Layers (from the embedding) that walk the stages.")
+    ] = 2,
+    save_every: Annotated[int, typer.Option(help="Checkpoint period in steps.")] = 20,
+    eps: Annotated[float, typer.Option(help="Adam eps.")] = 1e-8,
+    seed: Annotated[int, typer.Option(help="Seed of the gradient signs.")] = 0,
+) -> None:
+    """Run the paper's Section 4 gradient model through real torch AdamW: a checkpoint series that walks
+    healthy -> vanishing -> primed -> unstable -> healthy, with a loss log. No GPU, seconds."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.simulate import simulate as run_simulate
+
+        path = run_simulate(
+            out, n_layer=layers, n_affected=affected, save_every=save_every, eps=eps, seed=seed
+        )
+        typer.echo(f"simulated run: {path}  (next: adamscope analyze {path})")
+
+    _run(go)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="Folder for the run, the tables and report.html.")
+    ] = Path("adamscope-demo"),
+) -> None:
+    """Simulate a run that walks every stage, analyse it, and write its HTML report (seconds, no data needed)."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.report import demo as run_demo
+
+        html = run_demo(out)
+        typer.echo(
+            f"tables: {out / 'tables'}/\nreport: {html}\nopen it in a browser (works offline)."
+        )
+
+    _run(go)
+
+
+CkptArg = Annotated[Path, typer.Argument(help="A checkpoint file or folder.")]
+
+
+def _print_frame(df: Any, *, rows: int = 60) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=rows, tbl_cols=-1, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
+        typer.echo(str(df))
+
+
+@app.command()
+def gradients(
+    a: CkptArg,
+    b: CkptArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Folder for gradients.parquet.")] = Path(
+        "adamscope-out"
+    ),
+    loss_gradient: Annotated[
+        bool,
+        typer.Option(
+            help="With coupled weight decay (Adam, not AdamW): subtract wd * theta to get the loss gradient."
+        ),
+    ] = False,
+    assume_consecutive: Annotated[
+        bool, typer.Option(help="Use the one-step formulas whatever the stored steps say.")
+    ] = False,
+    model: ModelOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Exact gradient of B's step from two checkpoints one step apart: grad_norm, update-gradient cosine,
+    and a consistency check that tells whether the pair really is consecutive and unmodified."""
+    _setup_logging(0)
+
+    def go() -> None:
+        import polars as pl
+
+        from adamscope.gradients import GradientOptions, write_gradients
+
+        opts = GradientOptions(
+            reader=_reader_options(model, trust_pickle),
+            loss_gradient=loss_gradient,
+            assume_consecutive=assume_consecutive,
+        )
+        path = write_gradients(a, b, out, options=opts)
+        df = pl.read_parquet(path).filter(pl.col("level") == "layer")
+        _print_frame(
+            df.select(
+                "step", "layer", "exact", "grad_norm", "grad_rms", "update_grad_cos", "consistent"
+            )
+        )
+        bad = df.filter(~pl.col("consistent"))["layer"].to_list()
+        if bad:
+            typer.echo(
+                f"warning: the pair fails the consistency check in {', '.join(bad)}: not consecutive, "
+                "or the state was modified between the two saves",
+                err=True,
+            )
+        typer.echo(f"-> {path}")
+
+    _run(go)
+
+
+@app.command()
+def diff(
+    a: CkptArg,
+    b: CkptArg,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Also write diff.parquet into this folder.")
+    ] = None,
+    stages: Annotated[
+        bool, typer.Option(help="Each layer's stage in A and B (one more pass each).")
+    ] = True,
+    weights: Annotated[
+        bool, typer.Option(help="Compare the model weights when the checkpoints hold them.")
+    ] = True,
+    model: ModelOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Per layer: the relative change of m, v, u, r and the weights from A to B, and the stage in each."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.gradients import DiffOptions
+        from adamscope.gradients import diff as run_diff
+
+        df = run_diff(
+            a,
+            b,
+            options=DiffOptions(
+                reader=_reader_options(model, trust_pickle), stages=stages, weights=weights
+            ),
+        )
+        _print_frame(df.drop("checkpoint_a", "checkpoint_b"))
+        if out is not None:
+            from adamscope.tables.io import write_parquet
+
+            write_parquet(df, out / "diff.parquet")
+            typer.echo(f"-> {out / 'diff.parquet'}")
+
+    _run(go)
+
+
+@app.command("moved-first")
+def moved_first(
+    run: Annotated[
+        Path, typer.Argument(help="A run folder of checkpoints (saved at regular intervals).")
+    ],
+    k: Annotated[
+        float, typer.Option(help="A layer moves when its change exceeds k x its own median change.")
+    ] = 3.0,
+    quantity: Annotated[str, typer.Option(help="m, v, u, r or weight.")] = "v",
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Also write moved_first.parquet here.")
+    ] = None,
+    model: ModelOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Rank layers by when their change first jumped: which layer moved first around a spike."""
+    _setup_logging(0)
+
+    def go() -> None:
+        from adamscope.gradients import DiffOptions
+        from adamscope.gradients import moved_first as run_moved_first
+
+        df = run_moved_first(
+            run,
+            k=k,
+            quantity=quantity,
+            options=DiffOptions(reader=_reader_options(model, trust_pickle)),
+        )
+        _print_frame(df)
+        if out is not None:
+            from adamscope.tables.io import write_parquet
+
+            write_parquet(df, out / "moved_first.parquet")
 
     _run(go)
 

@@ -69,6 +69,19 @@ def norms_from_logs(tables: Tables) -> pl.DataFrame | None:
     return df.group_by("step", "layer").agg(grad_norm=(pl.col("grad_norm") ** 2).sum().sqrt())
 
 
+def exact_norms(tables: Tables) -> pl.DataFrame | None:
+    """Exact layer gradient norms recovered from checkpoints one step apart (gradients.parquet)."""
+    g = tables.gradients
+    if g is None or not len(g):
+        return None
+    rows = g.filter((pl.col("level") == "layer") & pl.col("exact") & pl.col("consistent"))
+    if not len(rows):
+        return None
+    return rows.select("step", "layer", "grad_norm").with_columns(
+        source=pl.lit("exact (consecutive checkpoints)")
+    )
+
+
 def data4(tables: Tables, sel: Selection) -> dict[str, pl.DataFrame]:
     """The frames of Figure 4: 'norms' (step, layer, depth, grad_norm, grad_rms, eps, below_eps,
     source), 'stages' (step, layer, depth, stage) and 'strip' (step, log_perplexity)."""
@@ -81,6 +94,11 @@ def data4(tables: Tables, sel: Selection) -> dict[str, pl.DataFrame]:
         norms = tables.layers.select(
             "step", "layer", grad_norm=pl.col("grad_rms") * pl.col("numel").cast(pl.Float64).sqrt()
         ).with_columns(source=pl.lit("estimate sqrt(sum v_hat)"))
+        exact = exact_norms(tables)
+        if exact is not None:  # exact where a consecutive pair exists, the estimate elsewhere
+            norms = pl.concat(
+                [exact, norms.join(exact, on=["step", "layer"], how="anti")], how="vertical_relaxed"
+            )
     eps = {n: tables.hyper(n, tables.steps()[-1])["eps"] for n in depth}
     norms = norms.with_columns(
         depth=pl.col("layer").replace_strict(depth, return_dtype=pl.Int64),
@@ -162,7 +180,7 @@ def figure4(tables: Tables, axes: Sequence[Axes], *, sel: Selection) -> Sequence
                         lw=0.0,
                     )
                 )
-    src = norms["source"][0] if len(norms) else "-"
+    src = " + ".join(sorted(set(norms["source"].to_list()))) if len(norms) else "-"
     heat_ax.set_title(
         f"Fig. 4 — gradient norm per layer\n({src}; //// : RMS < eps)", fontsize="medium"
     )

@@ -27,6 +27,7 @@ class Tables:
     histograms: pl.DataFrame
     losses: pl.DataFrame | None = None
     grad_norms: pl.DataFrame | None = None  # long form: step, name, grad_norm (logged, exact)
+    gradients: pl.DataFrame | None = None  # gradients.parquet: exact, from consecutive checkpoints
     manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -113,13 +114,14 @@ def load_tables(tables_dir: Path) -> Tables:
         frames[name] = pl.read_parquet(p)
     losses = pl.read_parquet(d / LOSSES_FILE) if (d / LOSSES_FILE).exists() else None
     norms = pl.read_parquet(d / LAYER_NORMS_FILE) if (d / LAYER_NORMS_FILE).exists() else None
+    grads = pl.read_parquet(d / "gradients.parquet") if (d / "gradients.parquet").exists() else None
     manifest = {}
     if (d / "manifest.json").exists():
         try:
             manifest = json.loads((d / "manifest.json").read_text())
         except json.JSONDecodeError as e:
             raise AdamscopeError(f"{d / 'manifest.json'}: not valid JSON ({e.msg})") from e
-    return Tables(**frames, losses=losses, grad_norms=norms, manifest=manifest)
+    return Tables(**frames, losses=losses, grad_norms=norms, gradients=grads, manifest=manifest)
 
 
 def stairs(df: pl.DataFrame, column: str = "density") -> tuple[np.ndarray, np.ndarray]:

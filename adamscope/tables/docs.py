@@ -12,6 +12,8 @@ _INTRO = {
     "|r| for the tensor's (beta1, beta2, step), so no value is clipped; the log10 quantities use fixed "
     "bins per decade.",
     "losses": "Training-log rows (trainer_state.json, TensorBoard, JSONL/CSV), when a log is found or given.",
+    "grad_norms": "Per-layer gradient norms logged during training (TensorBoard scalars or JSONL keys "
+    "matching `--layer-norm-pattern`), when present.",
 }
 
 

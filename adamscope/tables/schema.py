@@ -117,11 +117,19 @@ LOSSES = [
     Column("source", "str", "where the row came from (file)"),
 ]
 
+GRAD_NORMS = [
+    Column("step", "i64", "training step"),
+    Column("name", "str", "logged key of a per-layer (or per-tensor) gradient norm"),
+    Column("grad_norm", "f64", "the logged norm: the exact heatmap source when present"),
+    Column("source", "str", "where the row came from (file)"),
+]
+
 TABLES = {
     "tensors": TENSORS,
     "layers": LAYERS,
     "histograms": HISTOGRAMS,
     "losses": LOSSES,
+    "grad_norms": GRAD_NORMS,
 }
 
 
