@@ -200,7 +200,7 @@ class DeepSpeedReader:
         missing = [r for r in range(world) if r not in by_rank]
         if not by_rank or missing:
             raise CorruptCheckpointError(
-                f"{self.folder}: optimizer shards of ranks {missing} missing"
+                f"{self.folder}: optimizer shards of ranks {missing} are missing"
             )
         declared = self.model_sd.get("dp_world_size")
         if isinstance(declared, int) and declared != world:
