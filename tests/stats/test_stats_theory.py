@@ -1,0 +1,75 @@
+"""THEORY.md's reference numbers, reproduced from live torch.optim.Adam runs (200k coordinates, 300
+steps, betas (0.9, 0.95), eps 1e-8, gradients g = scale (rho b1 + b2), b ~ +-1)."""
+
+from __future__ import annotations
+
+import math
+
+import diptest
+import numpy as np
+import pytest
+from _stats_helpers import adam_run, full_r, sketch_of
+
+from adamscope.config import StatsConfig
+from adamscope.stats.sketch import TensorSketch
+
+
+def _modes(sk: TensorSketch) -> tuple[float, float]:
+    """Centres of the fullest r-histogram bin on each side of 0."""
+    h = sk.hists["r"][1:-1]
+    e = sk.edges("r")
+    c = (e[:-1] + e[1:]) / 2
+    neg, pos = c < 0, c > 0
+    return float(c[neg][np.argmax(h[neg])]), float(c[pos][np.argmax(h[pos])])
+
+
+def test_uncorrelated_gradients_give_std_r_of_0_247() -> None:
+    m, v, t, hp = adam_run(0.1, 1.0)
+    row = sketch_of(m, v, hp, t).row()
+    # THEORY: 0.247 measured; sqrt(Gamma1^2 + rho^2)/sqrt(1 + rho^2), Gamma1^2 = (1-b1)/(1+b1)
+    predicted = math.sqrt(0.1 / 1.9 + 0.01) / math.sqrt(1.01)
+    assert row["r_std"] == pytest.approx(0.247, rel=0.02)
+    assert row["r_std"] == pytest.approx(predicted, rel=0.02)
+    assert row["u_std"] == pytest.approx(row["r_std"], rel=1e-3)
+    assert row["dip_r"] < 0.005 and row["stage"] == "healthy"
+
+
+def test_correlated_gradients_put_the_modes_at_plus_minus_one() -> None:
+    m, v, t, hp = adam_run(10.0, 1.0)
+    sk = sketch_of(m, v, hp, t)
+    lo, hi = _modes(sk)
+    assert lo == pytest.approx(-1.0, rel=0.02) and hi == pytest.approx(1.0, rel=0.02)
+    row = sk.row()
+    assert row["r_std"] == pytest.approx(0.995, rel=0.02)
+    assert row["dip_r"] == pytest.approx(0.241, abs=0.01)
+    assert abs(row["dip_r"] - diptest.dipstat(full_r(m, v, hp, t))) < 0.005
+    assert row["stage"] == "unstable"
+
+
+def test_paper_convention_puts_the_modes_at_b1_over_sqrt_b2() -> None:
+    m, v, t, hp = adam_run(10.0, 1.0)
+    sk = sketch_of(m, v, hp, t, cfg=StatsConfig(device="cpu", convention="paper"))
+    target = 0.9 / math.sqrt(0.95)
+    lo, hi = _modes(sk)
+    assert lo == pytest.approx(-target, rel=0.02) and hi == pytest.approx(target, rel=0.02)
+    torch_row = sketch_of(m, v, hp, t).row()
+    row = sk.row()
+    assert row["r_std"] == pytest.approx(torch_row["r_std"] * target, rel=1e-6)
+    assert row["dip_r"] == pytest.approx(torch_row["dip_r"], abs=1e-6)  # the dip is scale-free
+
+
+def test_tiny_correlated_gradients_are_primed() -> None:
+    m, v, t, hp = adam_run(10.0, 1e-10)
+    row = sketch_of(m, v, hp, t).row()
+    assert row["u_std"] == pytest.approx(0.091, rel=0.03)
+    assert row["r_std"] == pytest.approx(0.995, rel=0.02)
+    assert row["frac_below_eps"] == 1.0
+    assert row["stage"] == "primed"
+
+
+def test_unimodal_sample_dip_is_close_to_full_dip() -> None:
+    m, v, t, hp = adam_run(0.1, 1e-10)
+    row = sketch_of(m, v, hp, t).row()
+    assert abs(row["dip_r"] - diptest.dipstat(full_r(m, v, hp, t))) < 0.005
+    assert row["u_std"] == pytest.approx(0.0025, rel=0.05)
+    assert row["stage"] == "vanishing"
