@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamscope.errors import AdamscopeError, UnsupportedFormatError
+from adamscope.errors import AdamscopeError, CorruptCheckpointError, UnsupportedFormatError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,22 @@ class Found:
     path: Path
     name_step: int | None
     reader: type
+
+
+class _Broken:
+    """The `reader` of a checkpoint whose detection failed because the file is broken: building
+    it raises that error, so the checkpoint fails (or, with keep_going, is listed as failed)
+    instead of silently dropping out of a run folder."""
+
+    name = "broken"
+    error: AdamscopeError
+
+    def __init__(self, path: Path, **_: object) -> None:
+        raise self.error
+
+
+def _broken(error: AdamscopeError) -> type:
+    return type("BrokenCheckpoint", (_Broken,), {"error": error})
 
 
 def step_from_name(path: Path) -> int | None:
@@ -44,7 +60,7 @@ def discover(path: Path) -> list[Found]:
     if path.is_file():
         return [Found(path, step_from_name(path), registry.detect(path))]
     children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    stepped = _readable([c for c in children if step_from_name(c) is not None])
+    stepped = _readable([c for c in children if step_from_name(c) is not None], warn=True)
     if len(stepped) >= 2 or (stepped and not _probe_quiet(path)):
         stepped.sort(key=lambda f: (f.name_step if f.name_step is not None else -1, f.path.name))
         return stepped
@@ -68,34 +84,56 @@ def discover(path: Path) -> list[Found]:
     )
 
 
-def _readable(paths: list[Path]) -> list[Found]:
+def _readable(paths: list[Path], *, warn: bool = False) -> list[Found]:
+    """The checkpoints among `paths`. A broken one (truncated, corrupt) is kept, with a reader
+    that raises its error; one that is not a checkpoint is skipped (logged when `warn`)."""
     found = []
     for p in paths:
-        f = _resolve(p)
+        try:
+            f = _resolve(p)
+        except CorruptCheckpointError as e:
+            log.debug("%s", e)  # reported when the checkpoint is analysed
+            found.append(Found(p, step_from_name(p), _broken(e)))
+            continue
         if f is not None:
             found.append(f)
+        elif warn:
+            log.warning("%s: not a checkpoint adamscope can read; skipped", p)
     return found
 
 
 def _resolve(p: Path) -> Found | None:
-    """`p` as a checkpoint: itself, or the one checkpoint file inside a step folder (step_N/ckpt.pt)."""
+    """`p` as a checkpoint: itself, or the one checkpoint file inside a step folder (step_N/ckpt.pt).
+
+    Raises:
+        CorruptCheckpointError: `p` (or the one file inside it) is a broken checkpoint.
+    """
     from adamscope.readers import registry
 
     try:
         return Found(p, step_from_name(p), registry.detect(p))
+    except CorruptCheckpointError:
+        if not p.is_dir():
+            raise
     except AdamscopeError:
         pass
     if not p.is_dir():
         return None
-    inner = []
+    inner, broken = [], []
     for c in sorted(p.iterdir()):
         if c.is_file() and not c.name.startswith("."):
             try:
                 inner.append(Found(c, step_from_name(p), registry.detect(c)))
+            except CorruptCheckpointError as e:
+                broken.append(e)
             except AdamscopeError:
                 continue
+    if not inner and len(broken) == 1:
+        raise broken[0]
     if len(inner) > 1:
-        log.warning("%s: several checkpoint files (%s); skipped", p, ", ".join(f.path.name for f in inner))
+        log.warning(
+            "%s: several checkpoint files (%s); skipped", p, ", ".join(f.path.name for f in inner)
+        )
     return inner[0] if len(inner) == 1 else None
 
 

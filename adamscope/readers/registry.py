@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from adamscope.errors import UnsupportedFormatError
+from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
 from adamscope.readers.base import Reader, ReaderOptions
 
 READERS: list[type[Reader]] = []
+# file names that are checkpoints when they are files (an empty or cut-off one is corrupt, not foreign)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".safetensors", ".distcp")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def register(reader: type[Reader], *, first: bool = False) -> type[Reader]:
@@ -66,10 +70,31 @@ def detect(path: str | os.PathLike[str]) -> type[Reader]:
     path = Path(path)
     if not path.exists():
         raise UnsupportedFormatError(f"{path}: no such file or directory")
+    if path.is_file():
+        _check_whole(path)
     for reader in READERS:
         if reader.probe(path):
             return reader
     raise UnsupportedFormatError(f"{path}: no reader recognises it ({describe_found(path)})")
+
+
+def _check_whole(path: Path) -> None:
+    """Raises CorruptCheckpointError for a checkpoint file that is empty or a cut-off zip file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CorruptCheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size == 0:
+        if path.suffix in CHECKPOINT_SUFFIXES:
+            raise CorruptCheckpointError(f"{path}: empty file (0 bytes): the save did not finish")
+        raise UnsupportedFormatError(f"{path}: empty file (0 bytes)")
+    if head == _ZIP_MAGIC and not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(
+            f"{path}: truncated zip file ({size} bytes, no central directory at the end): the "
+            "save did not finish or the copy was cut short"
+        )
 
 
 def open_checkpoint(path: str | os.PathLike[str], options: ReaderOptions | None = None) -> Reader:

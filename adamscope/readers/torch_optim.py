@@ -30,18 +30,24 @@ from adamscope.readers.naming import (
 
 log = logging.getLogger(__name__)
 
-# state keys of other optimizers -> how to say what the file holds instead of Adam
+# state keys of other optimizers -> what the file holds instead of Adam (checked in order)
 _NOT_ADAM = (
-    (("exp_avg_sq_row", "exp_avg_sq_col"), "Adafactor (exp_avg_sq_row/col): not Adam"),
-    (("exp_avg_sq_row",), "Adafactor (exp_avg_sq_row/col): not Adam"),
-    (("momentum_buffer",), "SGD state (momentum_buffer): not Adam"),
-    (("state1", "qmap1"), "bitsandbytes quantized state (state1/qmap1): not a torch Adam state"),
-    (("exp_inf",), "Adamax state (exp_inf): not Adam"),
-    (("square_avg",), "RMSprop/Adadelta state (square_avg): not Adam"),
-    (("sum",), "Adagrad state (sum): not Adam"),
-    (("prev", "step_size"), "Rprop state (prev, step_size): not Adam"),
-    (("exp_avg",), "exp_avg without exp_avg_sq (Lion-like): not Adam"),
+    (
+        ("exp_avg_sq_row", "exp_avg_sq_col"),
+        "Adafactor (exp_avg_sq_row/col): not Adam, no per-element v",
+    ),
+    (("exp_avg_sq_row",), "Adafactor (exp_avg_sq_row/col): not Adam, no per-element v"),
+    (("momentum_buffer",), "SGD state (momentum_buffer)"),
+    (("state1", "qmap1"), "bitsandbytes quantized state (state1/qmap1)"),
+    (("exp_inf",), "Adamax state (exp_inf: an infinity-norm, not a second moment)"),
+    (("square_avg",), "RMSprop/Adadelta state (square_avg)"),
+    (("sum",), "Adagrad state (sum: an accumulated, not averaged, second moment)"),
+    (("prev", "step_size"), "Rprop state (prev, step_size)"),
+    (("exp_avg",), "exp_avg without exp_avg_sq (Lion-like)"),
 )
+# group keys torch.optim writes for every optimizer built on its Optimizer base (torch >= 1.11);
+# torch's Adam/AdamW always also store 'amsgrad', its RAdam never does
+_TORCH_GROUP_MARKERS = ("foreach", "differentiable", "capturable")
 
 
 def is_optim_state_dict(obj: Any) -> bool:
@@ -89,20 +95,43 @@ def _shape_of(entry: Any) -> tuple[int, ...] | None:
 
 
 def check_adam(optim_sd: dict, *, source: str) -> None:
-    """Raises NotAdamError / UnsupportedFormatError unless `state` holds Adam moments."""
+    """Raises NotAdamError / UnsupportedFormatError unless `state` holds Adam/AdamW moments.
+
+    Adam-like optimizers with other update rules are told apart where the file allows: NAdam stores
+    `mu_product` (and `momentum_decay` in its groups); torch's RAdam stores exactly Adam's state
+    keys but its groups, unlike Adam's and AdamW's, have no `amsgrad` — detectable only for groups
+    written by torch.optim (they carry `foreach`/`differentiable`). An RAdam state written by other
+    code, or by torch < 1.11, cannot be told apart from Adam's and is read as Adam.
+    """
     entries = [e for e in optim_sd["state"].values() if isinstance(e, dict)]
-    if any("exp_avg" in e and "exp_avg_sq" in e for e in entries):
-        return
     if not entries:
         raise UnsupportedFormatError(
             f"{source}: the optimizer has no state (never stepped?): nothing to analyse"
         )
     keys = set().union(*(e.keys() for e in entries))
+    groups = [g for g in optim_sd["param_groups"] if isinstance(g, dict)]
+    if "mu_product" in keys or any("momentum_decay" in g for g in groups):
+        raise NotAdamError(
+            f"{source}: not Adam/AdamW: NAdam state (mu_product/momentum_decay); its update "
+            "uses Nesterov momentum, so u = m_hat/(sqrt(v_hat)+eps) is not what it applied"
+        )
+    if "exp_avg" in keys and "exp_avg_sq" in keys:
+        radam = [
+            g for g in groups if "amsgrad" not in g and any(k in g for k in _TORCH_GROUP_MARKERS)
+        ]
+        if radam and "exp_inf" not in keys:
+            raise NotAdamError(
+                f"{source}: not Adam/AdamW: RAdam state (torch.optim param_groups without "
+                "'amsgrad'); its rectified update differs from Adam's"
+            )
+    if any("exp_avg" in e and "exp_avg_sq" in e for e in entries):
+        return
     for needed, message in _NOT_ADAM:
         if all(k in keys for k in needed):
-            raise NotAdamError(f"{source}: holds {message}")
+            raise NotAdamError(f"{source}: not Adam/AdamW: {message}")
     raise NotAdamError(
-        f"{source}: optimizer state has no exp_avg/exp_avg_sq (found {', '.join(sorted(keys))})"
+        f"{source}: not Adam/AdamW: optimizer state has no exp_avg/exp_avg_sq (found "
+        f"{', '.join(sorted(map(str, keys)))})"
     )
 
 
@@ -207,6 +236,11 @@ def _tensor_state(
         notes.append("amsgrad set but no max_exp_avg_sq stored; using exp_avg_sq")
         log.warning("%s: '%s': %s", source, name, notes[-1])
         vmax = None
+    if vmax is not None and tuple(vmax.shape) != tuple(m.shape):
+        raise CorruptCheckpointError(
+            f"{source}: '{name}' max_exp_avg_sq {tuple(vmax.shape)} and exp_avg "
+            f"{tuple(m.shape)} differ"
+        )
     step = entry.get("step", group.get("step"))
     if step is None:
         raise CorruptCheckpointError(f"{source}: '{name}' has no step in its state or group")
@@ -217,22 +251,30 @@ def _tensor_state(
         step=step_value,
         hp=hp,
         dtype=m.dtype_name,
-        chunks=_chunker(m, v, vmax),
+        chunks=_chunker(m, v, vmax, name=name, source=source),
         notes=notes,
     )
 
 
-def _chunker(m: Any, v: Any, vmax: Any) -> Any:
+def _chunker(m: Any, v: Any, vmax: Any, *, name: str, source: str) -> Any:
     def chunks(n: int) -> Iterator[tuple[int, Any, Any, Any]]:
         if n < 1:
             raise ValueError("chunk size must be >= 1")
         total = m.numel
         for start in range(0, total, n):
             stop = min(start + n, total)
+            v_chunk = v.read(start, stop)
+            # v is a moving average of squares: a negative entry means the bytes are corrupt
+            # (NaN/Inf are not caught here; the engine counts them as `nonfinite`)
+            if bool((v_chunk < 0).any()):
+                raise CorruptCheckpointError(
+                    f"{source}: '{name}' exp_avg_sq has negative entries (at or after element "
+                    f"{start}): the file is corrupt"
+                )
             yield (
                 start,
                 m.read(start, stop),
-                v.read(start, stop),
+                v_chunk,
                 None if vmax is None else vmax.read(start, stop),
             )
 
