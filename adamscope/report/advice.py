@@ -96,7 +96,8 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
         + (
             f"{len(now)} still are at the last checkpoint (step {cks[-1].step})."
             if now
-            else f"none is at the last checkpoint (step {cks[-1].step}): the run recovered."
+            else f"none is at the last checkpoint (step {cks[-1].step}): the layers recovered"
+            + _loss_recovery(run)
         )
     )
     for sp in run.spikes[:5]:
@@ -105,6 +106,15 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
         v.details.append(_watch(vanishing, cks))
     v.remedies = remedies(run, rows, thresholds=thresholds)
     return v
+
+
+def _loss_recovery(run: RunData) -> str:
+    flat = [(k, s) for k, s in enumerate(run.spikes, 1) if not s.recovered]
+    if not flat:
+        return "."
+    k, s = flat[-1]
+    end = f"ended flat at step {s.end}" if s.end is not None else "was still on when the log ended"
+    return f", but the loss did not: spike {k} {end}."
 
 
 def _quiet_headline(run: RunData, vanishing: list[Any]) -> str:

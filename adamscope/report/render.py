@@ -221,7 +221,7 @@ def _figure_html(fig: images.Figure, *, wide: bool = False) -> str:
             f'<div class="unavailable" role="note"><b>figure unavailable:</b> '
             f"{escape(fig.caption)}: {escape(fig.error or 'unknown reason')}</div>"
         )
-    cls = ' class="wide"' if wide else ""
+    cls = ' class="wide"' if wide else (' class="span2"' if fig.width > 2.2 * fig.height else "")
     return (
         f'<figure{cls}><img src="{fig.data_uri}" width="{fig.width}" height="{fig.height}" '
         f'alt="{escape(fig.caption)}"><figcaption>{escape(fig.caption)} '

@@ -141,7 +141,8 @@ def _loss_panel(run: RunData, x: _X, top: float, h: float) -> str:
         px, py = x(sp.peak_step), yy(sp.peak_loss)
         out.append(
             f'<g class="spike-mark"><path d="M{px:.1f},{py - 3:.1f} l-5,-8 h10 z"/>'
-            f'<text x="{px + 6:.1f}" y="{max(py - 4, top + 10):.1f}">'
+            f'<text x="{px + 6 if px < W - 160 else px - 8:.1f}" y="{max(py - 4, top + 10):.1f}" '
+            f'text-anchor="{"start" if px < W - 160 else "end"}">'
             f"spike {k} (step {sp.step})</text>"
             f"<title>loss spike {k}: starts at step {sp.step}, peak {sp.peak_loss:.4g} at step "
             f"{sp.peak_step}, baseline {sp.baseline:.4g}, "

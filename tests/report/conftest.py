@@ -29,6 +29,14 @@ def small_report(small_tables: Path, tmp_path_factory: pytest.TempPathFactory) -
     return write_report(small_tables, tmp_path_factory.mktemp("report") / "report.html")
 
 
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`adamscope.report.demo`: simulate -> analyze -> logs -> figures -> report."""
+    from adamscope.report import demo
+
+    return demo(tmp_path_factory.mktemp("demo"))
+
+
 def _install_chromium() -> str | None:
     """Debian's chromium package, installed with apt-get when it is missing (CI machines are root)."""
     found = find_chromium()

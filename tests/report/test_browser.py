@@ -120,13 +120,18 @@ def _luminance(css_rgb: str) -> float:
 
 
 def test_dark_mode_print_and_screenshots(
-    browser: Browser, small_report: Path, tmp_path: Path
+    browser: Browser, demo_report: Path, tmp_path: Path
 ) -> None:
-    browser.navigate(small_report.resolve().as_uri())
+    """On the demo run's report (the real simulate -> analyze pipeline): the docs' screenshots."""
+    browser.navigate(demo_report.resolve().as_uri())
+    browser.drain(0.3)
     bg = "getComputedStyle(document.body).backgroundColor"
     assert _luminance(browser.eval(bg)) > 0.8
     shots = tmp_path / "shots"
     browser.screenshot(shots / "report.png")
+    browser.eval("document.getElementById('timeline').scrollIntoView()")
+    browser.screenshot(shots / "report-timeline.png")
+    browser.eval("window.scrollTo(0, 0)")
 
     dark = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
     browser.send("Emulation.setEmulatedMedia", dark)
@@ -139,10 +144,10 @@ def test_dark_mode_print_and_screenshots(
     assert _luminance(browser.eval(bg)) > 0.9  # print is always light
     pdf = browser.send("Page.printToPDF", {})["data"]
     assert len(pdf) > 10_000
-    for shot in ("report.png", "report-dark.png"):
+    for shot in ("report.png", "report-dark.png", "report-timeline.png"):
         assert (shots / shot).stat().st_size > 20_000
     if target := os.environ.get("ADAMSCOPE_SCREENSHOTS"):
-        for shot in ("report.png", "report-dark.png"):
+        for shot in ("report.png", "report-dark.png", "report-timeline.png"):
             Path(target).mkdir(parents=True, exist_ok=True)
             shutil.copy(shots / shot, Path(target) / shot)
     assert problems(browser) == []
