@@ -86,6 +86,7 @@ def analyze(
         if out.exists() and not options.resume and parts_dir.exists():
             shutil.rmtree(parts_dir)  # a fresh run: stale per-checkpoint parts must not leak in
         parts_dir.mkdir(parents=True, exist_ok=True)
+        _remove_temps(parts_dir)  # left by an interrupted run (Ctrl-C, kill -9)
     # rank 0 decides what is already done, so that every rank walks the same list
     resumed = d.broadcast(
         [options.resume and (parts_dir / k / "meta.json").exists() for k in keys]
@@ -163,11 +164,11 @@ def analyze_checkpoint(
     local: list[tuple[int, _Meta, Any]] = []
     error: AdamscopeError | None = None
     try:
-        reader = found.reader(found.path, options=options.reader)
+        reader = _guard(found.path, "cannot open", found.reader, found.path, options=options.reader)
         for i, ts in enumerate(_tensors(reader, found.path)):
             if not d.mine(i):
                 continue
-            sk = summarize(ts, cfg)
+            sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
             if progress:
                 progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
             meta = _Meta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
@@ -312,15 +313,34 @@ def _ingest_logs(path: Path, out: Path, options: AnalyzeOptions) -> dict[str, Pa
 
 
 def _tensors(reader: Any, path: Path) -> Iterator[TensorState]:
+    it = _guard(path, "cannot read optimizer state", lambda: iter(reader.iter_tensors()))
+    while True:
+        ts = _guard(path, "cannot read optimizer state", next, it, None)
+        if ts is None:
+            return
+        yield ts
+
+
+def _guard(path: Path, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs), with any failure that is not an AdamscopeError (a reader or engine bug,
+    or a file broken in a way nobody foresaw: struct.error, IndexError, RecursionError,
+    MemoryError...) turned into one line naming the file, so --keep-going can go on."""
     try:
-        yield from reader.iter_tensors()
+        return fn(*args, **kwargs)
     except AdamscopeError:
         raise
-    except (OSError, EOFError, ValueError, KeyError, RuntimeError) as e:
-        # A reader bug or a file broken in a way the reader did not foresee: still one line, the file named.
-        raise AdamscopeError(
-            f"{path}: cannot read optimizer state ({type(e).__name__}: {e})"
-        ) from e
+    except Exception as e:  # noqa: BLE001 - re-raised as a user-facing error, traceback chained
+        log.debug("%s: %s", path, what, exc_info=True)
+        raise AdamscopeError(f"{path}: {what} ({type(e).__name__}: {str(e)[:200]})") from e
+
+
+def _remove_temps(folder: Path) -> None:
+    """Deletes the hidden temp folders/files an interrupted run left in `folder`."""
+    for p in folder.glob(".*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _hist_rows(sk: Any, ident: dict[str, Any]) -> list[dict[str, Any]]:
@@ -353,6 +373,7 @@ def _write_part(part: Path, tables: dict[str, pl.DataFrame], *, meta: dict[str, 
     """Write one checkpoint's frames as a folder that appears whole (rename of a temp folder)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{part.name}.", dir=part.parent))
     try:
+        tmp.chmod(0o777 & ~io._UMASK)  # mkdtemp makes 0700 folders
         for name, df in tables.items():
             df.write_parquet(tmp / f"{name}.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta))

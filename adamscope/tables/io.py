@@ -12,9 +12,21 @@ import polars as pl
 
 from adamscope.tables.schema import TABLES
 
+# analyze's scratch folder inside OUT (api.PARTS): temp files go there when it exists, so that an
+# interrupted run (kill -9) never leaves anything but whole files beside the tables
+SCRATCH = ".parts"
+
+
+# mkstemp creates 0600 files; outputs get the usual permissions (0666 less the umask)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def _tmp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    scratch = path.parent / SCRATCH
+    folder = scratch if scratch.is_dir() else path.parent  # same filesystem: os.replace is atomic
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(name)
 
