@@ -295,11 +295,13 @@ def is_legacy_torch(path: Path) -> bool:
         return False
 
 
+# torch.save's legacy format starts with the magic number pickled at protocol 2: compared as bytes.
+# Never pickle.loads() a file's head to check it: a 30-byte pickle can call os.system.
+_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little") + b"."
+
+
 def _legacy_magic(head: bytes) -> bool:
-    try:
-        return pickle.loads(head[: head.index(b".") + 1]) == _LEGACY_MAGIC
-    except Exception:  # noqa: BLE001 - any failure means "not legacy"
-        return False
+    return head.startswith(_LEGACY_HEAD)
 
 
 def _open_archive(path: Path) -> tuple[_Archive, bytes]:
