@@ -13,7 +13,8 @@ import pytest
 from adamscope.api import AnalyzeOptions, analyze
 from adamscope.figures import write_heatmap
 from adamscope.layers import assign_layers
-from conftest import FIXTURES
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_consecutive_pair_gives_exact_layer_norms_in_the_heatmap(tmp_path: Path) -> None:

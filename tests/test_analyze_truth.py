@@ -16,7 +16,8 @@ import pytest
 
 from adamscope.api import AnalyzeOptions, analyze
 from adamscope.readers.base import ReaderOptions
-from conftest import FIXTURES
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 # Files whose optimizer state carries no names: the test gives the model state_dict, as a user would.
 MODEL_FOR = {

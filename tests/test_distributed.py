@@ -11,7 +11,8 @@ import polars as pl
 from polars.testing import assert_frame_equal
 
 from adamscope.api import AnalyzeOptions, analyze
-from conftest import FIXTURES
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_two_processes_over_gloo_equal_one_process(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """Docs generated from code stay in step with it."""
 
+from pathlib import Path
+
 from adamscope.tables.docs import render
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tables_md_matches_schema():
