@@ -434,8 +434,9 @@ class DCPReader:
 def _pieces(
     m: _Entry, v: _Entry, vmax: _Entry | None, *, source: Path
 ) -> tuple[list[tuple[int, _Chunk, _Chunk, _Chunk | None]], bool]:
-    """Matching (flat start, m chunk, v chunk, vmax chunk) of a tensor, sorted by offsets; and
-    whether the starts are true flat offsets (dim-0 slabs) rather than running positions."""
+    """Matching (start, m chunk, v chunk, vmax chunk) of a tensor, sorted by chunk offsets, and
+    whether the starts are true flat offsets: they are when every chunk is a dim-0 slab (FSDP),
+    since sorted slabs that cover the tensor are consecutive flat ranges."""
     size = m.size or ()
     by_offset = {c.offsets: c for c in v.chunks}
     max_by_offset = {c.offsets: c for c in vmax.chunks} if vmax else {}
@@ -444,15 +445,11 @@ def _pieces(
         other = by_offset.get(c.offsets)
         if other is None or other.sizes != c.sizes:
             raise CorruptCheckpointError(f"{source}: '{v.key}' is not sharded like '{m.key}'")
-        slab = tuple(c.sizes[1:]) == tuple(size[1:])
-        ordered = ordered and slab
-        start = c.offsets[0] * math.prod(size[1:]) if (slab and size) else position
-        out.append((start, c, other, max_by_offset.get(c.offsets)))
+        ordered = ordered and tuple(c.sizes[1:]) == tuple(size[1:])
+        out.append((position, c, other, max_by_offset.get(c.offsets)))
         position += math.prod(c.sizes)
     if position != math.prod(size):
         raise CorruptCheckpointError(f"{source}: chunks of '{m.key}' cover {position} elements")
-    if not ordered:  # keep every start a running position, consistently
-        out = [(sum(math.prod(p[1].sizes) for p in out[:i]), *out[i][1:]) for i in range(len(out))]
     return out, ordered
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
 from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
-from adamscope.readers.naming import is_tensor_like
+from adamscope.readers.naming import is_tensor_like, strip_compile_prefix
 from adamscope.readers.torch_optim import check_adam, hyper_params
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,9 @@ class DeepSpeedReader:
         return outers, inners, stage
 
     def iter_tensors(self) -> Iterator[TensorState]:
+        frozen = self.model_sd.get("frozen_param_shapes") or {}
+        if frozen:
+            log.info("%s: %d frozen parameters have no optimizer state", self.folder, len(frozen))
         outers, inners, stage = self._rank_states()
         psms = [o.get("param_slice_mappings") for o in outers]
         use_psm = stage != 3 and all(isinstance(m, list) for m in psms)
@@ -270,7 +273,7 @@ class DeepSpeedReader:
                 layout = self._flat_fragments(shapes, states, group_pads)
             for name, shape, frags in layout:
                 yield TensorState(
-                    name=name,
+                    name=strip_compile_prefix(name),
                     shape=shape,
                     step=step,
                     hp=hp,
@@ -460,7 +463,7 @@ class DeepSpeedUniversalReader:
                     )
                 frags = [_Fragment(m, v, None, 0, m.numel, 0)]
                 yield TensorState(
-                    name=name,
+                    name=strip_compile_prefix(name),
                     shape=shape,
                     step=self._step(name, j),
                     hp=hp,

@@ -26,10 +26,11 @@ from adamscope.readers.dcp import DCPReader, read_metadata
 
 FAMILY = FIXTURES / "dcp"
 TRUTH = load_truth("dcp")
+FSDP_LAYOUTS = ["fsdp2", "torchtitan", "hf_fsdp/checkpoint-5/optimizer_0"]
 MODEL_ORDER = ["embed.weight", "embed.bias", "norm.weight", "norm.bias", "head.weight", "head.bias"]
 
 
-@pytest.mark.parametrize("rel", sorted(TRUTH))
+@pytest.mark.parametrize("rel", FSDP_LAYOUTS)
 def test_names_values_and_hyper_params_match_the_live_optimizer(rel: str) -> None:
     expected = TRUTH[rel]["tensors"]
     reader = DCPReader(FAMILY / rel, options=ReaderOptions())
@@ -43,6 +44,20 @@ def test_names_values_and_hyper_params_match_the_live_optimizer(rel: str) -> Non
     info = reader.describe()
     assert info.step == 5 and info.n_tensors == 6
     assert info.n_params == sum(t["numel"] for t in expected.values()) == 87
+
+
+def test_dim1_shards_stream_every_element_once_with_a_note() -> None:
+    """Tensor-parallel style Shard(1): chunks are column blocks, not flat ranges; the statistics
+    (order-free) still match and the TensorState says the order follows the shards."""
+    expected = TRUTH["shard_dim1"]["tensors"]["proj.weight"]
+    (ts,) = DCPReader(FAMILY / "shard_dim1", options=ReaderOptions()).iter_tensors()
+    assert ts.name == "proj.weight" and ts.shape == (4, 6) and ts.step == 3.0
+    assert ts.notes and "dim other than 0" in ts.notes[0]
+    assert_matches(ts, expected, chunk=5)
+    full = torch.randn(4, 6, generator=torch.Generator().manual_seed(7)) * 1e-2  # make_dcp.py
+    m, _, _ = stream(ts, 5)
+    by_shard = torch.cat([full[:, :3].reshape(-1), full[:, 3:].reshape(-1)])
+    np.testing.assert_array_equal(m.ravel(), by_shard.double().numpy())
 
 
 def test_probe_accepts_the_hf_checkpoint_folder_and_refuses_others() -> None:
