@@ -186,12 +186,13 @@ class _Folder:
             idx.copy_(x)
         self.hists[q] += t.bincount(idx, minlength=top + 2)
 
-    def _dot(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        # BLAS sdot is fast and accurate enough on a CPU block; on GPUs a tree reduction is free.
-        return self.torch.dot(a, b) if self.cpu else (a * b).sum()
+    def _dot(self, a: torch.Tensor, b: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+        # Not BLAS sdot: its float32 running sums lose ~1e-4 on 1e5 same-sign terms; torch.sum
+        # sums pairwise.
+        return self.torch.mul(a, b, out=tmp).sum()
 
     def _moment_sums(
-        self, x: torch.Tensor, d: torch.Tensor, d2: torch.Tensor
+        self, x: torch.Tensor, d: torch.Tensor, d2: torch.Tensor, tmp: torch.Tensor
     ) -> list[torch.Tensor]:
         """[shift, S1..S4], S_k = sum (x - shift)**k; the shift (a strided mean) keeps S1 small."""
         t = self.torch
@@ -199,14 +200,14 @@ class _Folder:
         c = x[::stride].mean()
         t.sub(x, c, out=d)
         t.mul(d, d, out=d2)
-        return [c, d.sum(), d2.sum(), self._dot(d2, d), self._dot(d2, d2)]
+        return [c, d.sum(), d2.sum(), self._dot(d2, d, tmp), self._dot(d2, d2, tmp)]
 
     def _sums(
-        self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor | None
+        self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor | None, tmp: torch.Tensor
     ) -> tuple[list[torch.Tensor], bool]:
         """[sum v, sum m**2] and whether every term was finite (an inf/nan term poisons a sum)."""
         t = self.torch
-        sums = [v.sum(), self._dot(m, m)]
+        sums = [v.sum(), self._dot(m, m, tmp)]
         extra = [vd.sum()] if vd is not None else []
         check = t.stack(sums + extra).tolist()
         if check[1] < 1e-30 * m.numel():  # squares of |m| < 1e-19 underflow in float32
@@ -216,7 +217,7 @@ class _Folder:
     def block(self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, has_vmax: bool) -> None:
         """Fold one block; m, v, vd are float32 1-D on the device and may hold NaN/Inf."""
         t = self.torch
-        sums, finite = self._sums(m, v, vd if has_vmax else None)
+        sums, finite = self._sums(m, v, vd if has_vmax else None, self._buffers(m.numel())[2])
         if not finite:
             ok = t.isfinite(m) & t.isfinite(v)
             if has_vmax:
@@ -228,7 +229,7 @@ class _Folder:
                 vd = vd[ok] if has_vmax else v
                 if not m.numel():
                     return
-            sums, finite = self._sums(m, v, vd if has_vmax else None)
+            sums, finite = self._sums(m, v, vd if has_vmax else None, self._buffers(m.numel())[2])
             if not finite:  # finite terms, overflowing float32 sum
                 sums = [v.double().sum(), t.dot(m.double(), m.double())]
         n = m.numel()
@@ -249,7 +250,7 @@ class _Folder:
             rlo, rhi = t.aminmax(r)
         ulo, uhi = t.aminmax(u)
         parts = [*sums, below, zeros, ulo, uhi, rlo, rhi]
-        parts += self._moment_sums(u, a, b) + self._moment_sums(r, a, b)
+        parts += self._moment_sums(u, a, b, flag_buf) + self._moment_sums(r, a, b, flag_buf)
         self._count("u", u, *self.lin, self.nb, a)
         self._count("r", r, *self.lin, self.nb, a)
         self._count("log10_abs_u", self._log10(u.abs_(), u), *self.logq, self.n_log, u)

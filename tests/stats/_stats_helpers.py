@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,17 @@ STAT_KEYS = (
     "v_l1",
 )
 COUNT_KEYS = ("numel", "zero_v", "nonfinite")
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: on a shared 2-core machine OpenMP's second thread mostly waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.cache
@@ -73,7 +86,8 @@ def sketch_of(
     name: str = "w",
 ) -> TensorSketch:
     ts = tensor_state_from_tensors(name, m, v, step=step, hp=hp, vmax=vmax)
-    return summarize(ts, cfg or StatsConfig(device="cpu"))
+    with one_thread():
+        return summarize(ts, cfg or StatsConfig(device="cpu"))
 
 
 def assert_matches(row: dict, ref: dict, *, rel: float = 1e-5) -> None:
@@ -112,9 +126,10 @@ def adam_run(
     p = torch.nn.Parameter(torch.zeros(n))
     opt = torch.optim.Adam([p], lr=1e-3, betas=betas, eps=eps)
     fixed = signs(gen, (n,)) * rho
-    for _ in range(steps):
-        p.grad = (fixed + signs(gen, (n,))).mul_(scale)
-        opt.step()
+    with one_thread():
+        for _ in range(steps):
+            p.grad = (fixed + signs(gen, (n,))).mul_(scale)
+            opt.step()
     st = opt.state[p]
     hp = HyperParams(beta1=betas[0], beta2=betas[1], eps=eps, lr=1e-3, weight_decay=0.0)
     return st["exp_avg"].clone(), st["exp_avg_sq"].clone(), float(st["step"]), hp
