@@ -4,6 +4,7 @@ and small and quick at 500 layers x 100 checkpoints."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -111,7 +112,17 @@ def test_one_broken_figure_leaves_the_others(
     assert "figure 6 exploded" in text and "Figure 6" in text
 
 
-@pytest.mark.parametrize("with_figures", [False, True], ids=["tables", "tables+figures"])
+SLOW = pytest.mark.skipif(
+    not os.environ.get("ADAMSCOPE_SLOW_TESTS"),
+    reason="20-40 s (Figure 4 on 500 x 100); set ADAMSCOPE_SLOW_TESTS=1",
+)
+
+
+@pytest.mark.parametrize(
+    "with_figures",
+    [False, pytest.param(True, marks=[pytest.mark.slow, SLOW])],
+    ids=["tables", "tables+figures"],
+)
 def test_scales_to_500_layers_100_checkpoints(tmp_path: Path, with_figures: bool) -> None:
     tables = make_tables(
         tmp_path / "big",
