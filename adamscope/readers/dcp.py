@@ -53,7 +53,13 @@ _DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8"}
     | {"bool", "float8_e4m3fn", "float8_e5m2"}
 )
-_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+# per-parameter state names of torch optimizers: only these count as optimizer state (a model
+# key such as `encoder.state.proj.weight` must not)
+_STATE_NAMES = frozenset(
+    {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step", "momentum_buffer", "square_avg"}
+    | {"acc_delta", "sum", "exp_inf", "mu", "eta", "ax", "prev", "step_size", "grad_avg"}
+    | {"exp_avg_sq_row", "exp_avg_sq_col", "state1", "state2", "qmap1", "qmap2"}
+)
 
 
 class _Record:
@@ -322,13 +328,18 @@ class DCPReader:
         self.folder = self.path if is_dcp_folder(self.path) else self.path / "optimizer_0"
         if not is_dcp_folder(self.folder):
             raise UnsupportedFormatError(f"{self.path}: no .metadata + *.distcp (not a DCP folder)")
+        if (self.folder / "common.pt").is_file() and (self.folder / "metadata.json").is_file():
+            raise UnsupportedFormatError(
+                f"{self.folder}: a Megatron torch_dist checkpoint (common.pt + metadata.json); "
+                "its optimizer layout is not supported yet"
+            )
         self.entries = read_metadata(self.folder)
         self.states: dict[str, dict[str, _Entry]] = {}
         self.groups: dict[str, dict[str, _Entry]] = {}
         prefixes = set()
         for entry in self.entries.values():
             parsed = _split(entry, _STATE_RE, "state")
-            if parsed and (entry.size is not None or parsed[2] == "step"):
+            if parsed and parsed[2] in _STATE_NAMES:
                 self.states.setdefault(parsed[1], {})[parsed[2]] = entry
                 prefixes.add(parsed[0])
                 continue
@@ -352,6 +363,9 @@ class DCPReader:
                 f"{self.folder}: optimizer state holds {', '.join(sorted(found))}, "
                 "no exp_avg/exp_avg_sq"
             )
+        bad = [n for n, s in self.states.items() if "exp_avg" in s and s["exp_avg"].size is None]
+        if bad:
+            raise CorruptCheckpointError(f"{self.folder}: exp_avg of '{bad[0]}' is not a tensor")
         self.names = self._model_order([n for n, s in self.states.items() if "exp_avg" in s])
 
     def _model_order(self, names: list[str]) -> list[str]:

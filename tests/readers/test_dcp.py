@@ -104,7 +104,9 @@ def test_single_process_save_with_plain_tensors(tmp_path: Path) -> None:
     m, v = torch.linspace(-1, 1, 24).reshape(4, 6), torch.linspace(0, 2, 24).reshape(4, 6)
     groups = [{"lr": 0.5, "betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.0, "params": ["w"]}]
     state = {"w": {"step": torch.tensor(3.0), "exp_avg": m, "exp_avg_sq": v}}
-    folder = _save(tmp_path / "ck", {"optim": {"state": state, "param_groups": groups}})
+    model = {"encoder.state.proj.weight": torch.ones(2)}  # a model key that looks like state
+    sd = {"model": model, "optim": {"state": state, "param_groups": groups}}
+    folder = _save(tmp_path / "ck", sd)
     (ts,) = DCPReader(folder, options=ReaderOptions()).iter_tensors()
     assert (ts.name, ts.shape, ts.step, ts.hp.lr, ts.hp.beta1) == ("w", (4, 6), 3.0, 0.5, 0.8)
     got_m, got_v, _ = stream(ts, 5)
