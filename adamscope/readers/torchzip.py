@@ -354,6 +354,7 @@ def peek(path: str | os.PathLike[str]) -> Any:
 
 
 def _unpickle(path: Path, *, stub_unknown: bool) -> Any:
+    _check_whole(path)
     if not zipfile.is_zipfile(path):
         if is_legacy_torch(path):
             raise UnsupportedFormatError(
@@ -384,6 +385,23 @@ def _unpickle(path: Path, *, stub_unknown: bool) -> Any:
         raise CorruptCheckpointError(
             f"{path}: cannot unpickle data.pkl ({type(e).__name__}: {e})"
         ) from None
+
+
+def _check_whole(path: Path) -> None:
+    """Raises CorruptCheckpointError for an empty file or a zip file cut off before its end."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CorruptCheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size == 0:
+        raise CorruptCheckpointError(f"{path}: empty file (0 bytes): the save did not finish")
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(
+            f"{path}: truncated zip file ({size} bytes, no central directory at the end): the "
+            "save did not finish or the copy was cut short"
+        )
 
 
 def _load_trusted(path: Path) -> Any:
