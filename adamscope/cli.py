@@ -121,6 +121,13 @@ def analyze(
         float | None, typer.Option(help="beta2 for formats that do not store it.")
     ] = None,
     eps: Annotated[float | None, typer.Option(help="eps for formats that do not store it.")] = None,
+    bias_correction: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="For formats that do not store it (MLX defaults to none).",
+        ),
+    ] = None,
     log_file: Annotated[
         list[Path] | None,
         typer.Option(
@@ -170,7 +177,14 @@ def analyze(
                 hist_bins=bins,
                 dip_sample=dip_sample,
             ),
-            reader=_reader_options(model, trust_pickle, beta1=beta1, beta2=beta2, eps=eps),
+            reader=_reader_options(
+                model,
+                trust_pickle,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                bias_correction=bias_correction,
+            ),
             keep_going=keep_going,
             resume=resume,
             tensor_histograms=tensor_histograms,

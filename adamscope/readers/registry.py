@@ -32,12 +32,26 @@ def register(reader: type[Reader], *, first: bool = False) -> type[Reader]:
 
 
 def _register_builtin() -> None:
+    from adamscope.readers.dcp import DCPReader
+    from adamscope.readers.deepspeed import DeepSpeedReader, DeepSpeedUniversalReader
     from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.lightning import LightningReader
     from adamscope.readers.nanogpt import NanoGPTReader
+    from adamscope.readers.safetensors_optim import SafetensorsOptimReader
     from adamscope.readers.torch_optim import TorchOptimReader
 
-    for reader in (NanoGPTReader, LightningReader, HFTrainerReader, TorchOptimReader):
+    # Folder layouts that may also hold trainer_state.json (HF + DeepSpeed/FSDP) or `latest`
+    # (Lightning + DeepSpeed) come before the readers that would otherwise claim them.
+    for reader in (
+        DeepSpeedReader,
+        DeepSpeedUniversalReader,
+        DCPReader,
+        NanoGPTReader,
+        LightningReader,
+        HFTrainerReader,
+        TorchOptimReader,
+        SafetensorsOptimReader,
+    ):
         register(reader)
 
 
