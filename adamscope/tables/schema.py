@@ -42,7 +42,11 @@ _STATS = [
     Column("frac_below_eps", "f64", "share of coordinates with sqrt(v_hat) < eps"),
     Column("m_norm", "f64", "L2 norm of the raw exp_avg"),
     Column("v_l1", "f64", "sum of the raw exp_avg_sq (Li et al.'s variance l1)"),
-    Column("zero_v", "i64", "coordinates with v == 0 (r and u set to 0 there)"),
+    Column(
+        "zero_v",
+        "i64",
+        "coordinates with v == 0 (r set to 0 there; u = m_hat/eps as torch computes it)",
+    ),
     Column(
         "nonfinite", "i64", "coordinates whose m or v is NaN/Inf (excluded from every statistic)"
     ),
@@ -105,7 +109,12 @@ HISTOGRAMS = [
     Column("quantity", "str", "u | r | log10_abs_u | log10_abs_r | log10_sqrt_vhat"),
     Column("lo", "f64", "bin lower edge"),
     Column("hi", "f64", "bin upper edge"),
-    Column("count", "i64", "coordinates in [lo, hi); only non-empty bins are stored"),
+    Column(
+        "count",
+        "i64",
+        "coordinates in [lo, hi); only non-empty bins are stored. lo = -inf / hi = +inf "
+        "mark under/overflow of the linear range; on log10 quantities the bin (-inf, -45) holds exact zeros",
+    ),
 ]
 
 LOSSES = [
