@@ -230,6 +230,14 @@ def _tensor_state(
         raise CorruptCheckpointError(
             f"{source}: '{name}' exp_avg {tuple(m.shape)} and exp_avg_sq {tuple(v.shape)} differ"
         )
+    for what, t in (("exp_avg", m), ("exp_avg_sq", v)):
+        if not _non_overlapping(tuple(t.shape), tuple(getattr(t, "stride", ()))):
+            # optimizer state is dense; zero/overlapping strides would let a tiny file claim a
+            # huge tensor and stream for hours
+            raise CorruptCheckpointError(
+                f"{source}: '{name}' {what} has overlapping strides {tuple(t.stride)} for shape "
+                f"{tuple(t.shape)}: not a saved optimizer state"
+            )
     notes: list[str] = []
     vmax = entry.get("max_exp_avg_sq") if hp.amsgrad else None
     if hp.amsgrad and not is_tensor_like(vmax):
@@ -254,6 +262,20 @@ def _tensor_state(
         chunks=_chunker(m, v, vmax, name=name, source=source),
         notes=notes,
     )
+
+
+def _non_overlapping(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """True when no two elements share storage (dense, possibly permuted); unknown strides pass."""
+    if len(stride) != len(shape):
+        return True
+    span = 1
+    for size, st in sorted(
+        ((s, abs(st)) for s, st in zip(shape, stride, strict=True) if s > 1), key=lambda x: x[1]
+    ):
+        if st < span:
+            return False
+        span = st * size
+    return True
 
 
 def _chunker(m: Any, v: Any, vmax: Any, *, name: str, source: str) -> Any:

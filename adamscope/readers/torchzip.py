@@ -175,10 +175,10 @@ class LazyTensor:
         """Validates that every element lies inside the storage entry; returns its data offset."""
         start, nbytes = self.archive.storage_span(self.storage.key)
         if self.numel:
-            last = self.storage_offset + sum(
-                (s - 1) * st for s, st in zip(self.shape, self.stride, strict=True)
-            )
-            if (last + 1) * self.itemsize > nbytes or self.storage_offset < 0:
+            spans = [(s - 1) * st for s, st in zip(self.shape, self.stride, strict=True)]
+            last = self.storage_offset + sum(x for x in spans if x > 0)
+            first = self.storage_offset + sum(x for x in spans if x < 0)
+            if (last + 1) * self.itemsize > nbytes or first < 0:
                 raise CorruptCheckpointError(
                     f"{self.archive.path}: storage '{self.storage.key}' is shorter than its tensor"
                 )
