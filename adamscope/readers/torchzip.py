@@ -281,7 +281,7 @@ def is_torch_zip(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return any(n.endswith("data.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except Exception:  # noqa: BLE001 - zipfile raises many kinds on damaged files: "not a torch zip"
         return False
 
 
@@ -319,10 +319,14 @@ def _open_archive(path: Path) -> tuple[_Archive, bytes]:
             prefix = name[: -len("data.pkl")]
             if prefix + "byteorder" in entries and zf.read(prefix + "byteorder") != b"little":
                 raise UnsupportedFormatError(f"{path}: big-endian torch files are not supported")
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as e:
-        raise CorruptCheckpointError(f"{path}: not a readable zip file ({e})") from None
-    except (OSError, ValueError) as e:
+    except AdamscopeError:
+        raise
+    except OSError as e:
         raise CorruptCheckpointError(f"{path}: cannot read ({e})") from None
+    except Exception as e:  # noqa: BLE001 - BadZipFile, NotImplementedError, zlib.error, ...
+        raise CorruptCheckpointError(
+            f"{path}: not a readable zip file ({type(e).__name__}: {e})"
+        ) from None
     return _Archive(path, entries, prefix), data
 
 

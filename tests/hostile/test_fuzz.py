@@ -1,0 +1,40 @@
+"""Property: whatever bytes a real fixture is mutated into (raw bytes, its pickle, its tensor data),
+reading it fails only with a one-line AdamscopeError, within a time bound. The harness is shared
+with the long atheris run (fixtures/fuzz/fuzz_readers.py); this in-suite part stays short."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fixtures" / "fuzz"))
+import harness  # noqa: E402
+
+EDIT = st.tuples(st.integers(0, 4), st.integers(0, 1 << 20), st.integers(0, (1 << 64) - 1))
+
+
+@settings(
+    max_examples=120,
+    deadline=None,  # the harness enforces its own per-input timeout
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, len(harness.SEEDS) - 1),
+    mode=st.sampled_from(harness.MODES),
+    edits=st.lists(EDIT, min_size=1, max_size=4),
+)
+def test_mutated_fixtures_fail_only_with_adamscope_errors(
+    seed: int, mode: str, edits: list[tuple[int, int, int]], tmp_path_factory
+) -> None:  # noqa: ANN001
+    work = tmp_path_factory.getbasetemp() / "fuzz"
+    harness.run_case(seed, mode, edits, work, timeout_s=10)
+
+
+def test_unmutated_seeds_read_cleanly(tmp_path: Path) -> None:
+    """The harness itself works: every seed reads without error when nothing is changed."""
+    for seed in range(len(harness.SEEDS)):
+        assert harness.run_case(seed, "raw", [], tmp_path / "w") == "ok", harness.SEEDS[seed]
