@@ -126,6 +126,11 @@ def describe_found(path: Path) -> str:
         more = f", ... ({len(names)} entries)" if len(names) > 8 else ""
         return f"a folder holding {', '.join(names[:8]) or 'nothing'}{more}"
     tree = peek_torch(path)
+    if isinstance(tree, dict) and tree and all(hasattr(v, "numel") for v in tree.values()):
+        return (
+            f"a model state_dict of {len(tree)} tensors and no optimizer state: adamscope needs the "
+            "optimizer's exp_avg/exp_avg_sq (torch.save(optimizer.state_dict()) or a training checkpoint)"
+        )
     if isinstance(tree, dict):
         keys = [str(k) for k in tree]
         more = ", ..." if len(keys) > 12 else ""
