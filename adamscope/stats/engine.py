@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,8 +154,9 @@ class _Folder:
                 ("log10_sqrt_vhat", self.n_log),
             )
         }
-        self.blocks: list[Any] = []  # per block: float64 tensor of scalars (see `_SCALARS`)
+        self.blocks: list[Any] = []  # per block: float64 tensor of scalars (see `block`)
         self.ns: list[int] = []
+        self.order: list[int] = []  # global block index of each entry, for a deterministic merge
         self.nonfinite = 0
         self._no_zeros = torch.zeros((), dtype=torch.int64, device=device)
         self._bufs: tuple[torch.Tensor, ...] | None = None
@@ -214,8 +218,10 @@ class _Folder:
             sums[1] = t.dot(m.double(), m.double())
         return sums, all(math.isfinite(x) for x in check)
 
-    def block(self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, has_vmax: bool) -> None:
-        """Fold one block; m, v, vd are float32 1-D on the device and may hold NaN/Inf."""
+    def block(
+        self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, has_vmax: bool, index: int = 0
+    ) -> None:
+        """Fold block number `index`; m, v, vd are float32 1-D on the device, may hold NaN/Inf."""
         t = self.torch
         sums, finite = self._sums(m, v, vd if has_vmax else None, self._buffers(m.numel())[2])
         if not finite:
@@ -257,16 +263,23 @@ class _Folder:
         self._count("log10_abs_r", self._log10(r.abs_(), r), *self.logq, self.n_log, r)
         self.blocks.append(t.stack([p.to(t.float64) for p in parts]))
         self.ns.append(n)
+        self.order.append(index)
 
-    def finish(self, sk: TensorSketch) -> None:
-        """Combine the per-block scalars (float64, Pebay) into the sketch."""
-        sk.nonfinite += self.nonfinite
-        for q, h in self.hists.items():
-            sk.hists[q] = sk.hists[q] + h.cpu().numpy()
-        if not self.blocks:
+    def finish(self, sk: TensorSketch, others: list[_Folder] = ()) -> None:  # type: ignore[assignment]
+        """Combine the per-block scalars of this and `others` (float64, Pebay, in block order)."""
+        folders = [self, *others]
+        for f in folders:
+            sk.nonfinite += f.nonfinite
+            for q, h in f.hists.items():
+                sk.hists[q] = sk.hists[q] + h.cpu().numpy()
+        entries = sorted(
+            (e for f in folders for e in zip(f.order, f.ns, f.blocks, strict=True)),
+            key=lambda e: e[0],
+        )
+        if not entries:
             return
-        rows = self.torch.stack(self.blocks).cpu().numpy()
-        for n, row in zip(self.ns, rows, strict=True):
+        rows = self.torch.stack([b for _, _, b in entries]).cpu().numpy()
+        for (_, n, _), row in zip(entries, rows, strict=True):
             vs, ms, below, zeros, ulo, uhi, rlo, rhi = row[:8]
             sk.v_sum += float(vs)
             sk.m_sq += float(ms)
@@ -282,6 +295,12 @@ class _Folder:
 def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     """One streaming pass over `ts.chunks(cfg.chunk_elems)` -> the tensor's (or piece's) sketch.
 
+    A reader thread fetches (and, on a GPU, copies) the next chunk while the current one is reduced.
+    On CPU the blocks of a chunk are shared out to `torch.get_num_threads()` worker threads, each
+    running torch single-threaded on its own buffers: on a busy machine OpenMP's barriers between
+    the threads of every small op cost more than the ops. The per-block scalars are merged in block
+    order, so the result does not depend on the number of workers.
+
     Raises:
         AdamscopeError: invalid hyper-parameters/step, or a reader that yields a different number
             of elements than the tensor's shape says.
@@ -293,36 +312,65 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     sk = TensorSketch(name=ts.name, step=ts.step, hp=ts.hp, cfg=cfg, half_width=k.hist_range)
     total = ts.piece[1] if ts.piece else ts.numel
     sampler = _Sampler(ts.name, total, cfg.dip_sample, cfg.seed)
-    folder = _Folder(k, cfg, device)
-    block = _CPU_BLOCK if device.type == "cpu" else max(cfg.chunk_elems, 1)
+    cpu = device.type == "cpu"
+    block = _CPU_BLOCK if cpu else max(cfg.chunk_elems, 1)
+    threads = torch.get_num_threads()
+    # small tensors: one block, run inline (their ops are below torch's parallel grain anyway)
+    workers = max(1, threads) if cpu and min(total, cfg.chunk_elems) > block else 1
+    folders = [_Folder(k, cfg, device) for _ in range(workers)]
     base: int | None = None
     seen = 0
+    n_blocks = 0
     samples: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
     warned = False
-    with torch.no_grad():
-        for start, m, v, vmax in ts.chunks(cfg.chunk_elems):
-            if base is None:  # chunk starts may count from the piece or from the whole tensor
-                base = ts.piece[0] if ts.piece and start == 0 else 0
-            m, v = _f32(m, device), _f32(v, device)
-            if vmax is None and ts.hp.amsgrad and not warned:
-                log.warning("%s: amsgrad but no max_exp_avg_sq stored; using exp_avg_sq", ts.name)
-                warned = True
-            vd = v if vmax is None else _f32(vmax, device)
-            n = m.numel()
-            seen += n
-            g0 = base + start
-            idx = sampler.indices(g0, g0 + n)
-            if idx.size:
-                samples.append(_sample(m, vd, idx, g0, k))
-            for s in range(0, n, block):
-                e = s + block
-                folder.block(m[s:e], v[s:e], vd[s:e], vmax is not None)
+    pool = _pool(workers) if workers > 1 else None
+    chunks = _prefetch(ts.chunks(cfg.chunk_elems), device) if total > cfg.chunk_elems else None
+    if pool is not None:
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for start, m, v, vmax in chunks or _converted(ts.chunks(cfg.chunk_elems), device):
+                if base is None:  # chunk starts may count from the piece or from the whole tensor
+                    base = ts.piece[0] if ts.piece and start == 0 else 0
+                if vmax is None and ts.hp.amsgrad and not warned:
+                    log.warning(
+                        "%s: amsgrad but no max_exp_avg_sq stored; using exp_avg_sq", ts.name
+                    )
+                    warned = True
+                vd = v if vmax is None else vmax
+                n = m.numel()
+                seen += n
+                bounds = [(n_blocks + j, s, s + block) for j, s in enumerate(range(0, n, block))]
+                n_blocks += len(bounds)
+                has_vmax = vmax is not None
+                if pool is None:
+                    for i, s, e in bounds:
+                        folders[0].block(m[s:e], v[s:e], vd[s:e], has_vmax, i)
+                else:
+                    futures = [
+                        pool.submit(
+                            _fold_blocks, folders[w], bounds[w::workers], m, v, vd, has_vmax
+                        )
+                        for w in range(workers)
+                    ]
+                g0 = base + start
+                idx = sampler.indices(g0, g0 + n)
+                if idx.size:
+                    samples.append(_sample(m, vd, idx, g0, k))
+                if pool is not None:
+                    for f in futures:
+                        f.result()
+    finally:
+        if pool is not None:
+            torch.set_num_threads(threads)
+        if chunks is not None:
+            chunks.close()
     if ts.piece is None and seen != ts.numel:
         raise AdamscopeError(
             f"{ts.name}: the reader yielded {seen} elements for a tensor of shape {list(ts.shape)}"
         )
     sk.numel = seen
-    folder.finish(sk)
+    folders[0].finish(sk, folders[1:])
     if samples:
         sk.sample_idx = np.concatenate([s[0] for s in samples])
         sk.sample_u = torch.cat([s[1] for s in samples]).cpu().numpy()
@@ -330,10 +378,101 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     return sk
 
 
+def _fold_blocks(
+    folder: _Folder,
+    bounds: list[tuple[int, int, int]],
+    m: torch.Tensor,
+    v: torch.Tensor,
+    vd: torch.Tensor,
+    has_vmax: bool,
+) -> None:
+    with folder.torch.no_grad():
+        for i, s, e in bounds:
+            folder.block(m[s:e], v[s:e], vd[s:e], has_vmax, i)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of worker threads (torch ops release the GIL)."""
+    global _POOL
+    if _POOL is None or _POOL[0] < workers:
+        _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="adamscope-engine"))
+    return _POOL[1]
+
+
+Chunk = tuple[int, Any, Any, Any]
+
+
+def _converted(chunks: Iterator[Chunk], device: torch.device) -> Iterator[Chunk]:
+    """Chunks as float32 1-D tensors on `device`, each copied there once."""
+    for start, m, v, vmax in chunks:
+        yield start, _f32(m, device), _f32(v, device), None if vmax is None else _f32(vmax, device)
+
+
+class _prefetch:  # noqa: N801 - used like a generator
+    """Iterate `_converted(chunks)` with a reader thread keeping up to `depth` chunks ready.
+
+    Memory: `depth` chunks queued + the one being reduced + the one the thread is reading. Errors
+    from the reader are re-raised in the caller's thread; `close()` stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, chunks: Iterator[Chunk], device: torch.device, depth: int = 1) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._it = _converted(chunks, device)
+        self._thread = threading.Thread(target=self._run, name="adamscope-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            import torch
+
+            with torch.no_grad():
+                for item in self._it:
+                    if not self._put(item):
+                        return
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put(e)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Chunk]:
+        while True:
+            item = self._q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
 def _f32(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     import torch
 
-    return x.reshape(-1).to(device=device, dtype=torch.float32)
+    x = x.reshape(-1)
+    if device.type == "cuda" and x.device.type == "cpu":
+        # through a pinned host buffer: an asynchronous copy, ordered on the device's stream
+        x = x.pin_memory().to(device=device, non_blocking=True)
+    return x.to(device=device, dtype=torch.float32)
 
 
 def _sample(
