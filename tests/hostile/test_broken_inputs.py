@@ -242,3 +242,19 @@ def test_corrupt_error_class_for_truncation(tmp_path: Path) -> None:
     target.write_bytes(target.read_bytes()[:-100])
     with pytest.raises(CorruptCheckpointError):
         registry.detect(path)
+
+
+@pytest.mark.parametrize("family", sorted(TORCH_FILES))
+def test_memo_index_bomb_is_refused_before_allocating(family: str, tmp_path: Path) -> None:
+    """One LONG_BINPUT index raised to 2**31 - 1 would make the C unpickler allocate ~32 GB."""
+    import pickletools
+
+    path, target = place(family, tmp_path)
+    pkl = zip_entry(target, "data.pkl")
+    op, pos = next(
+        (op, p) for op, _, p in pickletools.genops(pkl) if op.name in ("BINPUT", "LONG_BINPUT")
+    )
+    width = 2 if op.name == "BINPUT" else 5
+    bomb = b"r" + (2**31 - 1).to_bytes(4, "little")  # LONG_BINPUT 2**31 - 1
+    rezip(TORCH_FILES[family], target, replace={"data.pkl": pkl[:pos] + bomb + pkl[pos + width :]})
+    _one_error(path, tmp_path, str(target), "memo index 2147483647")
