@@ -224,6 +224,7 @@ def _analyze(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
     if prepare:
         import diptest  # noqa: F401 - the imports analyze makes lazily, outside the timing
         import pyarrow  # noqa: F401
+        import torch  # noqa: F401
 
         import adamscope.layers  # noqa: F401
         import adamscope.readers.registry  # noqa: F401
