@@ -258,3 +258,16 @@ def test_memo_index_bomb_is_refused_before_allocating(family: str, tmp_path: Pat
     bomb = b"r" + (2**31 - 1).to_bytes(4, "little")  # LONG_BINPUT 2**31 - 1
     rezip(TORCH_FILES[family], target, replace={"data.pkl": pkl[:pos] + bomb + pkl[pos + width :]})
     _one_error(path, tmp_path, str(target), "memo index 2147483647")
+
+
+@pytest.mark.parametrize(("cut", "what"), [(5, "header"), (60, "header"), (-7, "data")])
+def test_truncated_safetensors(cut: int, what: str, tmp_path: Path) -> None:
+    from adamscope.readers import registry
+
+    src = FIXTURES / "mlx" / "adam_fp32.safetensors"
+    path = tmp_path / src.name
+    path.write_bytes(src.read_bytes()[:cut])
+    with pytest.raises(CorruptCheckpointError, match=f"truncated safetensors {what}") as err:
+        registry.detect(path)
+    assert str(path) in str(err.value)
+    _one_error(path, tmp_path, str(path), f"truncated safetensors {what}")
