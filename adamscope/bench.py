@@ -10,7 +10,8 @@ repetitions, each in a fresh subprocess (so peak RSS is that of one measurement)
 - analyze: `adamscope.api.analyze` with default statistics into a temporary folder.
 
 Times are measured inside the child, from before the work to after it (imports done); the
-interpreter's and imports' start-up is reported apart. Peak RSS is the child's own ru_maxrss.
+interpreter's and imports' start-up is reported apart. Peak RSS is the child's own VmHWM
+(/proc/self/status).
 
 The generated checkpoint holds fp32 weights and synthetic Adam state with the statistics of
 THEORY.md's reference table (not optimizer steps: a 250M-parameter AdamW step on 2 cores is slow):
@@ -143,17 +144,29 @@ def parse_count(text: str) -> int:
 # ---- one measurement, in a child process ----------------------------------------------------------
 def _child(kind: str, ckpt: str, device: str, out: str) -> None:
     """Runs in a fresh interpreter; writes {"work_s", "rss_bytes", "state_bytes"} to `out`."""
-    import resource
-
     t_enter = time.perf_counter()
     fn = {"floor": _floor, "baseline": _baseline, "analyze": _analyze}[kind]
     prepare = fn(Path(ckpt), device, prepare=True)
     t0 = time.perf_counter()
     state_bytes = fn(Path(ckpt), device, prepare=False, ctx=prepare)
     work = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = _peak_rss()
     data = {"work_s": work, "import_s": t0 - t_enter, "rss_bytes": rss, "state_bytes": state_bytes}
     Path(out).write_text(json.dumps(data))
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM (ru_maxrss would include the parent's RSS at fork,
+    which Linux carries over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _floor(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
