@@ -276,7 +276,7 @@ def figures(
         files = write_figures(
             out or tables / "figures",
             tables,
-            only=[int(x) for x in only.split(",")] if only else None,
+            only=[x for x in _ints(only) or [] if x is not None] if only else None,
             steps=_ints(steps),
             layers=layers.split(",") if layers else None,
             focus_layer=focus_layer,
