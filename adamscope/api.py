@@ -46,7 +46,9 @@ class AnalyzeOptions:
     loss_key: str | None = None
     step_key: str | None = None
     layer_norm_pattern: str | None = None
-    gradients: bool = True  # exact gradients for checkpoints saved one step apart (gradients.parquet)
+    gradients: bool = (
+        True  # exact gradients for checkpoints saved one step apart (gradients.parquet)
+    )
 
 
 class Progress(Protocol):
@@ -157,7 +159,7 @@ def analyze_checkpoint(
     Under torch.distributed every rank summarises its share of the tensors and rank 0 merges them
     and returns the frames; the other ranks return None.
     """
-    from adamscope.stats.engine import summarize
+    from adamscope.stats.engine import cpu_workers, summarize
 
     d = dist or Dist()
     cfg = options.stats
@@ -165,14 +167,15 @@ def analyze_checkpoint(
     error: AdamscopeError | None = None
     try:
         reader = _guard(found.path, "cannot open", found.reader, found.path, options=options.reader)
-        for i, ts in enumerate(_tensors(reader, found.path)):
-            if not d.mine(i):
-                continue
-            sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
-            if progress:
-                progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
-            meta = _Meta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
-            local.append((i, meta, sk))
+        with cpu_workers():  # torch single-threaded; the engine's worker threads instead
+            for i, ts in enumerate(_tensors(reader, found.path)):
+                if not d.mine(i):
+                    continue
+                sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
+                if progress:
+                    progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
+                meta = _Meta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
+                local.append((i, meta, sk))
     except AdamscopeError as e:
         error = e
     if d.active:

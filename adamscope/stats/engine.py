@@ -8,6 +8,7 @@ block-sized temporaries; no float64 copy of anything larger than a block is made
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -315,8 +316,9 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     cpu = device.type == "cpu"
     block = _CPU_BLOCK if cpu else max(cfg.chunk_elems, 1)
     threads = torch.get_num_threads()
-    # small tensors: one block, run inline (their ops are below torch's parallel grain anyway)
-    workers = max(1, threads) if cpu and min(total, cfg.chunk_elems) > block else 1
+    # small tensors: one block, run inline
+    big = cpu and min(total, cfg.chunk_elems) > block
+    workers = max(1, _WORKERS or threads) if big else 1
     folders = [_Folder(k, cfg, device) for _ in range(workers)]
     base: int | None = None
     seen = 0
@@ -325,7 +327,8 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     warned = False
     pool = _pool(workers) if workers > 1 else None
     chunks = _prefetch(ts.chunks(cfg.chunk_elems), device) if total > cfg.chunk_elems else None
-    if pool is not None:
+    toggle = threads > 1 and (pool is not None or cpu)
+    if toggle:
         torch.set_num_threads(1)
     try:
         with torch.no_grad():
@@ -361,7 +364,7 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
                     for f in futures:
                         f.result()
     finally:
-        if pool is not None:
+        if toggle:
             torch.set_num_threads(threads)
         if chunks is not None:
             chunks.close()
@@ -392,6 +395,27 @@ def _fold_blocks(
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
+_WORKERS: int | None = None  # set by `cpu_workers`
+
+
+@contextlib.contextmanager
+def cpu_workers() -> Iterator[None]:
+    """Within: torch runs single-threaded and `summarize` shares blocks out to as many worker
+    threads as torch had. Wrap a loop over many tensors in it: toggling torch's thread count per
+    tensor costs ~1 ms, and on a shared machine OpenMP's barriers make every small multi-threaded
+    op (a sample's u and r, a small tensor's block) cost milliseconds.
+    """
+    import torch
+
+    global _WORKERS
+    before, threads = _WORKERS, torch.get_num_threads()
+    _WORKERS = max(_WORKERS or 1, threads)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        _WORKERS = before
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -241,11 +241,13 @@ class TensorSketch:
         out: list[tuple[str, float, float, int]] = []
         for q in QUANTITIES:
             counts = self.hists[q]
+            nz = np.flatnonzero(counts)
+            if not nz.size:
+                continue
             e = self.edges(q)
-            lo = np.concatenate([[-np.inf], e])
-            hi = np.concatenate([e, [np.inf]])
-            for i in np.flatnonzero(counts):
-                out.append((q, float(lo[i]), float(hi[i]), int(counts[i])))
+            lo = np.concatenate([[-np.inf], e])[nz].tolist()
+            hi = np.concatenate([e, [np.inf]])[nz].tolist()
+            out.extend(zip([q] * nz.size, lo, hi, counts[nz].tolist(), strict=True))
         return out
 
     # ---- transport -----------------------------------------------------------------------------
