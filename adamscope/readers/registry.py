@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +93,8 @@ def detect(path: str | os.PathLike[str]) -> type[Reader]:
 
 def _check_whole(path: Path) -> None:
     """Raises CorruptCheckpointError for a checkpoint file that is empty or a cut-off zip file."""
+    from adamscope.readers.torchzip import is_zip
+
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -106,7 +107,7 @@ def _check_whole(path: Path) -> None:
         raise UnsupportedFormatError(f"{path}: empty file (0 bytes)")
     if path.suffix == ".safetensors":
         check_safetensors(path, size)
-    if head == _ZIP_MAGIC and not zipfile.is_zipfile(path):
+    if head == _ZIP_MAGIC and not is_zip(path):
         raise CorruptCheckpointError(
             f"{path}: truncated zip file ({size} bytes, no central directory at the end): the "
             "save did not finish or the copy was cut short"

@@ -73,8 +73,11 @@ def param_names_from_groups(optim_sd: dict) -> list[str] | None:
     """Names stored by torch >= 2.6 when the optimizer was built from named_parameters()."""
     names: list[str] = []
     for group in optim_sd["param_groups"]:
-        group_names = group.get("param_names")
-        if not isinstance(group_names, list | tuple) or len(group_names) != len(group["params"]):
+        group_names = group.get("param_names") if isinstance(group, dict) else None
+        params = group.get("params") if isinstance(group, dict) else None
+        if not isinstance(group_names, list | tuple) or not isinstance(params, list | tuple):
+            return None
+        if len(group_names) != len(params):
             return None
         names.extend(strip_compile_prefix(str(n)) for n in group_names)
     return names

@@ -277,6 +277,15 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy()).cast("B")
 
 
+def is_zip(path: Path) -> bool:
+    """zipfile.is_zipfile, except that a damaged end record means False rather than an exception
+    (is_zipfile lets BadZipFile out, e.g. for a fake multi-disk ZIP64 locator)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except Exception:  # noqa: BLE001 - any failure to find the end record: not a (whole) zip
+        return False
+
+
 def is_torch_zip(path: Path) -> bool:
     """True for a torch.save zip file (has a `data.pkl` entry); cheap."""
     try:
@@ -360,7 +369,7 @@ def peek(path: str | os.PathLike[str]) -> Any:
 
 def _unpickle(path: Path, *, stub_unknown: bool) -> Any:
     _check_whole(path)
-    if not zipfile.is_zipfile(path):
+    if not is_zip(path):
         if is_legacy_torch(path):
             raise UnsupportedFormatError(
                 f"{path}: legacy (pre-1.6, non-zip) torch.save format; adamscope reads only the "
@@ -419,7 +428,7 @@ def _check_whole(path: Path) -> None:
         raise CorruptCheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     if size == 0:
         raise CorruptCheckpointError(f"{path}: empty file (0 bytes): the save did not finish")
-    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+    if head == b"PK\x03\x04" and not is_zip(path):
         raise CorruptCheckpointError(
             f"{path}: truncated zip file ({size} bytes, no central directory at the end): the "
             "save did not finish or the copy was cut short"

@@ -38,3 +38,16 @@ def test_unmutated_seeds_read_cleanly(tmp_path: Path) -> None:
     """The harness itself works: every seed reads without error when nothing is changed."""
     for seed in range(len(harness.SEEDS)):
         assert harness.run_case(seed, "raw", [], tmp_path / "w") == "ok", harness.SEEDS[seed]
+
+
+# Inputs atheris found (fixtures/fuzz/fuzz_readers.py), kept as regressions: (seed, mode, edits).
+FOUND = [
+    (2, "pickle", [(0, 1000748, 10)]),  # LONG_BINPUT 0x0a000304: a 2.7 GB memo table
+    (0, "pickle", [(0, 6653, 34)]),  # a param group without 'params': KeyError
+    (1, "raw", [(4, 1007986, 3419481623616168688), (2, 100, 0)]),  # is_zipfile raised BadZipFile
+]
+
+
+def test_inputs_found_by_atheris(tmp_path: Path) -> None:
+    for seed, mode, edits in FOUND:
+        assert harness.run_case(seed, mode, edits, tmp_path / "w") != "ok"
