@@ -9,6 +9,7 @@ the groups' `params` lists and `state` holds only the parameters that were stepp
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,8 @@ def _tensor_state(
     if step is None:
         raise CorruptCheckpointError(f"{source}: '{name}' has no step in its state or group")
     step_value = _number(step, what=f"step of '{name}'", source=source)
+    if not (math.isfinite(step_value) and step_value >= 0):
+        raise CorruptCheckpointError(f"{source}: '{name}' has step {step_value}")
     return TensorState(
         name=name,
         shape=tuple(m.shape),
@@ -313,6 +316,7 @@ def max_step(optim_sd: dict) -> int | None:
         s = entry.get("step") if isinstance(entry, dict) else None
         if s is not None:
             steps.append(float(s.item()) if is_tensor_like(s) else float(s))
+    steps = [s for s in steps if math.isfinite(s)]
     return int(max(steps)) if steps else None
 
 

@@ -272,9 +272,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
         if dtype is None or dtype not in DTYPE_NAMES:
             raise pickle.UnpicklingError("tensor without a known dtype")
-        return self.make_tensor(
-            storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride), dtype
-        )
+        shape, strides = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+        if len(shape) != len(strides) or any(s < 0 for s in shape) or int(offset) < 0:
+            raise pickle.UnpicklingError(f"tensor with size {shape} and stride {strides}")
+        return self.make_tensor(storage, int(offset), shape, strides, dtype)
 
     def _rebuild_tensor_v2(self, storage, offset, size, stride, *_rest) -> Any:  # noqa: ANN001
         return self._tensor(storage, offset, size, stride, getattr(storage, "dtype", None))

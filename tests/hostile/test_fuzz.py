@@ -45,6 +45,8 @@ FOUND = [
     (2, "pickle", [(0, 1000748, 10)]),  # LONG_BINPUT 0x0a000304: a 2.7 GB memo table
     (0, "pickle", [(0, 6653, 34)]),  # a param group without 'params': KeyError
     (1, "raw", [(4, 1007986, 3419481623616168688), (2, 100, 0)]),  # is_zipfile raised BadZipFile
+    (2, "pickle", [(0, 217963, 32496560639582768)]),  # size and stride of different lengths
+    (0, "storage", [(4, 0, 2**64 - 4)]),  # a NaN step: int(nan)
 ]
 
 
