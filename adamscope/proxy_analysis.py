@@ -1,0 +1,250 @@
+"""Do adamscope's signals precede the loss spikes of a proxy run? Lead times and false alarms,
+computed from adamscope's own tables (layers.parquet, gradients.parquet, losses.parquet).
+
+A *signal* is a per-(layer, checkpoint) condition read off the tables:
+  primed           stage == "primed"                      (THEORY.md: the early warning)
+  unstable         stage == "unstable"
+  vanishing        stage in {vanishing, primed}           (eps swallows the update)
+  r_bimodal        dip_r >= thresholds.dip and dip_p_r < thresholds.dip_p
+  below_eps_rise   frac_below_eps - its value `lag` steps earlier >= 0.1
+  v_l1_rise        v_l1 / its value `lag` steps earlier >= 2
+  v_l1_fall        v_l1 / its value `lag` steps earlier <= 0.5
+  cos_negative     update_grad_cos < 0 (gradients.parquet, exact pairs only)
+"Its value `lag` steps earlier" is the latest checkpoint at or before step - lag.
+A signal is *on* at a checkpoint when it holds in at least one layer.
+
+Per spike (adamscope.logs.spikes.detect on losses.parquet; start s): the last checkpoint before
+the spike is the latest at step <= s - 1 (the state the spiking batch met). The lead time is
+s - (the first checkpoint of the unbroken run of "on" checkpoints ending there), looking back at
+most `horizon` steps; None when the signal is off at that checkpoint (a miss).
+False alarms: periodic checkpoints (step % ckpt_every == 0) where the signal is on and no spike
+starts within the next `horizon` steps; their rate is per periodic checkpoint checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from adamscope.config import StageThresholds
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (
+    "primed",
+    "unstable",
+    "vanishing",
+    "r_bimodal",
+    "below_eps_rise",
+    "v_l1_rise",
+    "v_l1_fall",
+    "cos_negative",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignalOptions:
+    lag: int = 25
+    horizon: int = 100
+    ckpt_every: int = 50
+    thresholds: StageThresholds = StageThresholds()
+
+
+def run_tables(run: Path, out: Path) -> Path:
+    """adamscope analyze of a proxy run folder into `out` (tables, gradients, losses)."""
+    from adamscope.api import AnalyzeOptions, analyze
+
+    analyze(Path(run), options=AnalyzeOptions(out=Path(out), tensor_histograms=False))
+    return Path(out)
+
+
+def signal_frame(tables: Path, opts: SignalOptions) -> pl.DataFrame:
+    """Long table (step, layer, signal, on) of every signal at every checkpoint and layer."""
+    lay = pl.read_parquet(tables / "layers.parquet").sort("layer", "step")
+    thr = opts.thresholds
+    ref = (
+        lay.select("layer", pl.col("step").alias("ref_step"), "frac_below_eps", "v_l1")
+        .rename({"frac_below_eps": "ref_below", "v_l1": "ref_v_l1"})
+        .sort("ref_step")
+    )
+    lagged = (
+        lay.with_columns(key=pl.col("step") - opts.lag)
+        .sort("key")
+        .join_asof(
+            ref,
+            left_on="key",
+            right_on="ref_step",
+            by="layer",
+            strategy="backward",
+            check_sortedness=False,
+        )
+    )
+    wide = lagged.select(
+        "step",
+        "layer",
+        primed=pl.col("stage") == "primed",
+        unstable=pl.col("stage") == "unstable",
+        vanishing=pl.col("stage").is_in(["vanishing", "primed"]),
+        r_bimodal=(pl.col("dip_r") >= thr.dip) & (pl.col("dip_p_r") < thr.dip_p),
+        below_eps_rise=(pl.col("frac_below_eps") - pl.col("ref_below")) >= 0.1,
+        v_l1_rise=(pl.col("v_l1") / pl.col("ref_v_l1")) >= 2.0,
+        v_l1_fall=(pl.col("v_l1") / pl.col("ref_v_l1")) <= 0.5,
+    )
+    frames = [wide.unpivot(index=["step", "layer"], variable_name="signal", value_name="on")]
+    grads = tables / "gradients.parquet"
+    if grads.exists():
+        g = pl.read_parquet(grads).filter((pl.col("level") == "layer") & pl.col("exact"))
+        frames.append(
+            g.select(
+                "step",
+                "layer",
+                signal=pl.lit("cos_negative"),
+                on=pl.col("update_grad_cos") < 0,
+            )
+        )
+    df = pl.concat(frames, how="vertical_relaxed")
+    return df.with_columns(pl.col("on").fill_null(False)).sort("signal", "step", "layer")
+
+
+def evaluate(tables: Path, opts: SignalOptions) -> dict[str, Any]:
+    """Spikes, per-spike lead times and false alarms of every signal for one analysed run."""
+    from adamscope.logs import spikes as spike_mod
+
+    losses = pl.read_parquet(tables / "losses.parquet")
+    found = spike_mod.detect(losses)["spikes"]
+    sig = signal_frame(tables, opts)
+    starts = [s["start"] for s in found]
+    result: dict[str, Any] = {"spikes": found, "signals": {}}
+    for name in SIGNALS:
+        rows = sig.filter(pl.col("signal") == name)
+        if rows.is_empty():
+            continue
+        by_step = rows.group_by("step").agg(
+            pl.col("on").any(), pl.col("layer").filter(pl.col("on")).alias("layers")
+        )
+        by_step = by_step.sort("step")
+        steps = by_step["step"].to_list()
+        on = dict(zip(steps, by_step["on"].to_list(), strict=True))
+        layers = dict(zip(steps, by_step["layers"].to_list(), strict=True))
+        per_spike = [_lead(s, steps, on, layers, opts.horizon) for s in starts]
+        periodic = [s for s in steps if s % opts.ckpt_every == 0]
+        false = [
+            s for s in periodic if on[s] and not any(s < t <= s + opts.horizon for t in starts)
+        ]
+        result["signals"][name] = {
+            "per_spike": per_spike,
+            "hits": sum(p["lead"] is not None for p in per_spike),
+            "periodic_checked": len(periodic),
+            "periodic_on": sum(on[s] for s in periodic),
+            "false_alarms": len(false),
+            "false_alarm_rate": len(false) / len(periodic) if periodic else None,
+        }
+    return result
+
+
+def _lead(
+    start: int, steps: list[int], on: dict[int, bool], layers: dict[int, list[str]], horizon: int
+) -> dict[str, Any]:
+    before = [s for s in steps if start - horizon <= s <= start - 1]
+    if not before or not on[before[-1]]:
+        last = before[-1] if before else None
+        return {"spike": start, "last_checkpoint": last, "lead": None, "layers": []}
+    first = before[-1]
+    for s in reversed(before):
+        if not on[s]:
+            break
+        first = s
+    return {
+        "spike": start,
+        "last_checkpoint": before[-1],
+        "lead": start - first,
+        "layers": sorted(layers[before[-1]]),
+    }
+
+
+def write_images(tables: Path, img_dir: Path, *, prefix: str, dpi: int = 60) -> list[Path]:
+    """Heatmap (Figure 4) and Figures 7-10 as small PNGs in img_dir (`<prefix>_<figure>.png`)."""
+    from adamscope.figures import write_figures, write_heatmap
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    kept = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_heatmap(tables, Path(tmp) / "heatmap", formats=("png",), dpi=dpi)
+        files += write_figures(Path(tmp), tables, only=[7, 8, 9, 10], formats=("png",), dpi=dpi)
+        for f in files:
+            if f.suffix == ".png":
+                target = img_dir / f"{prefix}_{f.name}"
+                shutil.copyfile(f, target)
+                kept.append(target)
+    return kept
+
+
+def markdown(name: str, res: dict[str, Any]) -> str:
+    """The doc's tables for one run: spikes, then every signal's lead times and false alarms."""
+    lines = [
+        f"#### {name}",
+        "",
+        "| spike start | peak | end | recovered | z |",
+        "|---|---|---|---|---|",
+    ]
+    for s in res["spikes"]:
+        lines.append(
+            f"| {s['start']} | {s['peak']} | {s['end']} | {s['recovered']} | {s['z']:.1f} |"
+        )
+    if not res["spikes"]:
+        lines.append("| (none) | | | | |")
+    lines += [
+        "",
+        "| signal | lead time per spike (steps; - = off at the last checkpoint before it) "
+        "| layers on | periodic checkpoints on | false alarms (rate) |",
+        "|---|---|---|---|---|",
+    ]
+    for sig, r in res["signals"].items():
+        leads = ", ".join("-" if p["lead"] is None else str(p["lead"]) for p in r["per_spike"])
+        lay = sorted({x for p in r["per_spike"] for x in p["layers"]})
+        rate = r["false_alarm_rate"]
+        lines.append(
+            f"| {sig} | {leads or 'no spikes'} | {', '.join(lay)} | "
+            f"{r['periodic_on']}/{r['periodic_checked']} | {r['false_alarms']} "
+            f"({'-' if rate is None else f'{rate:.2f}'}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="lead times and false alarms of adamscope's signals")
+    ap.add_argument("runs", type=Path, nargs="+", help="proxy run folders")
+    ap.add_argument("--out", type=Path, required=True, help="where tables and results go")
+    ap.add_argument("--img", type=Path, default=None, help="write figures of the first run here")
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--horizon", type=int, default=100)
+    ap.add_argument("--lag", type=int, default=25)
+    ap.add_argument("--skip-analyze", action="store_true", help="reuse tables already in --out")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    opts = SignalOptions(lag=args.lag, horizon=args.horizon, ckpt_every=args.ckpt_every)
+    report = []
+    for i, run in enumerate(args.runs):
+        tables = args.out / run.name
+        if not args.skip_analyze:
+            run_tables(run, tables)
+        res = evaluate(tables, opts)
+        (tables / "signals.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        report.append(markdown(run.name, res))
+        if i == 0 and args.img:
+            write_images(tables, args.img, prefix=run.name)
+    text = "\n".join(report)
+    (args.out / "signals.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
