@@ -334,7 +334,8 @@ def _guard(path: Path, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised as a user-facing error, traceback chained
         log.debug("%s: %s", path, what, exc_info=True)
-        raise AdamscopeError(f"{path}: {what} ({type(e).__name__}: {str(e)[:200]})") from e
+        detail = " ".join(str(e).split())[:200]
+        raise AdamscopeError(f"{path}: {what} ({type(e).__name__}: {detail})") from e
 
 
 def _remove_temps(folder: Path) -> None:

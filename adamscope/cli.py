@@ -50,6 +50,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
+    message = " ".join(message.split())  # one line, whatever a library or reader put in it
     typer.echo(f"adamscope: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -203,7 +204,7 @@ def analyze(
         print_summary(result)
         if result.failures:
             for _, err in result.failures:
-                typer.echo(f"adamscope: failed: {err}", err=True)
+                typer.echo(f"adamscope: failed: {' '.join(err.split())}", err=True)
             raise typer.Exit(1)
 
     _run(go)

@@ -271,3 +271,27 @@ def test_truncated_safetensors(cut: int, what: str, tmp_path: Path) -> None:
         registry.detect(path)
     assert str(path) in str(err.value)
     _one_error(path, tmp_path, str(path), f"truncated safetensors {what}")
+
+
+def test_errors_are_printed_on_one_line_whatever_their_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers and libraries sometimes put newlines in messages (pickle, torch.load): the CLI
+    prints one line; an unforeseen exception type is still one line naming the file."""
+    from adamscope.readers.lightning import LightningReader
+
+    def broken(self: LightningReader) -> object:
+        raise AdamscopeError(f"{self.path}: first part,\nsecond part")
+
+    monkeypatch.setattr(LightningReader, "iter_tensors", broken)
+    path, _ = place("lightning", tmp_path)
+    rc, err = cli("analyze", path, "-o", tmp_path / "out", "-q")
+    assert rc == 2 and err.count("\n") == 1 and "first part, second part" in err
+
+    def crash(self: LightningReader) -> object:
+        raise IndexError("list index out of range\n  (deep inside)")
+
+    monkeypatch.setattr(LightningReader, "iter_tensors", crash)
+    rc, err = cli("analyze", path, "-o", tmp_path / "out", "-q")
+    assert rc == 2 and err.count("\n") == 1
+    assert str(path) in err and "IndexError: list index out of range (deep inside)" in err
