@@ -139,8 +139,15 @@ def evaluate(tables: Path, opts: SignalOptions) -> dict[str, Any]:
         false = [
             s for s in periodic if on[s] and not any(s < t <= s + opts.horizon for t in starts)
         ]
+        per_layer = (
+            rows.filter(pl.col("step") % opts.ckpt_every == 0)
+            .group_by("layer")
+            .agg(pl.col("on").mean())
+            .sort("layer")
+        )
         result["signals"][name] = {
             "per_spike": per_spike,
+            "on_fraction_by_layer": dict(per_layer.iter_rows()),
             "hits": sum(p["lead"] is not None for p in per_spike),
             "periodic_checked": len(periodic),
             "periodic_on": sum(on[s] for s in periodic),
@@ -148,6 +155,26 @@ def evaluate(tables: Path, opts: SignalOptions) -> dict[str, Any]:
             "false_alarm_rate": len(false) / len(periodic) if periodic else None,
         }
     return result
+
+
+def stage_timeline(tables: Path, start: int, *, before: int = 12, after: int = 8) -> str:
+    """Markdown table of every layer's stage (H/V/P/U, '.' = none) at the checkpoints within
+    `before` steps before and `after` steps after a spike's start, plus the loss there."""
+    lay = pl.read_parquet(tables / "layers.parquet").filter(
+        pl.col("step").is_between(start - before, start + after)
+    )
+    if lay.is_empty():
+        return f"(no checkpoint within {before} steps of {start})\n"
+    loss = dict(pl.read_parquet(tables / "losses.parquet").select("step", "loss").iter_rows())
+    order = lay.sort("depth").unique("layer", maintain_order=True)["layer"].to_list()
+    letter = {"healthy": "H", "vanishing": "V", "primed": "P", "unstable": "U"}
+    grid = {(r["step"], r["layer"]): letter.get(r["stage"], ".") for r in lay.iter_rows(named=True)}
+    lines = ["| step | loss | " + " | ".join(order) + " |", "|---" * (len(order) + 2) + "|"]
+    for st in sorted({k[0] for k in grid}):
+        cells = " | ".join(grid.get((st, la), " ") for la in order)
+        mark = " (spike)" if st == start else ""
+        lines.append(f"| {st}{mark} | {loss.get(st, float('nan')):.2f} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 def _lead(
@@ -216,6 +243,10 @@ def markdown(name: str, res: dict[str, Any]) -> str:
             f"{r['periodic_on']}/{r['periodic_checked']} | {r['false_alarms']} "
             f"({'-' if rate is None else f'{rate:.2f}'}) |"
         )
+    lines += ["", "on-fraction of periodic checkpoints per layer:", ""]
+    for sig, r in res["signals"].items():
+        fr = ", ".join(f"{k} {v:.2f}" for k, v in r["on_fraction_by_layer"].items())
+        lines.append(f"- {sig}: {fr}")
     return "\n".join(lines) + "\n"
 
 
@@ -239,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         res = evaluate(tables, opts)
         (tables / "signals.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
         report.append(markdown(run.name, res))
+        for sp in res["spikes"]:
+            report.append(f"stages around the spike at {sp['start']}:\n")
+            report.append(stage_timeline(tables, sp["start"]))
         if i == 0 and args.img:
             write_images(tables, args.img, prefix=run.name)
     text = "\n".join(report)
