@@ -9,7 +9,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,18 +133,6 @@ def analyze(
     return AnalyzeResult(out, [f.path for f, _ in done], failures, skipped, written)
 
 
-@dataclass(frozen=True)
-class _Meta:
-    """What the tables need of a TensorState besides its sketch (picklable, unlike the reader)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    step: float
-    hp: Any
-    piece: tuple[int, int] | None
-
-
 def analyze_checkpoint(
     found: Found,
     *,
@@ -156,111 +143,65 @@ def analyze_checkpoint(
 ) -> dict[str, pl.DataFrame] | None:
     """Stream one checkpoint through the engine; return its tensors/layers/histograms frames.
 
-    Under torch.distributed every rank summarises its share of the tensors and rank 0 merges them
-    and returns the frames; the other ranks return None.
+    Under torch.distributed every rank summarises its share of the tensors; every few tensors the
+    sketches travel to rank 0, which folds them in tensor order (the order one process uses, so the
+    tables are the same) and returns the frames; the other ranks return None.
     """
+    from adamscope.checkpoint_tables import CheckpointTables, TensorMeta
     from adamscope.stats.engine import cpu_workers, summarize
 
     d = dist or Dist()
     cfg = options.stats
-    local: list[tuple[int, _Meta, Any]] = []
+    acc = CheckpointTables(rel=rel, path=found.path, tensor_histograms=options.tensor_histograms)
+    batch: list[tuple[int, TensorMeta, Any]] = []
+    every = 4 * d.world  # tensors between two gathers: bounds rank 0's memory
     error: AdamscopeError | None = None
     try:
         reader = _guard(found.path, "cannot open", found.reader, found.path, options=options.reader)
         with cpu_workers():  # torch single-threaded; the engine's worker threads instead
             for i, ts in enumerate(_tensors(reader, found.path)):
-                if not d.mine(i):
-                    continue
-                sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
-                if progress:
-                    progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
-                meta = _Meta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
-                local.append((i, meta, sk))
+                if d.mine(i):
+                    sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
+                    if progress:
+                        progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
+                    meta = TensorMeta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
+                    if not d.active:
+                        acc.add(meta, sk)
+                        continue
+                    batch.append((i, meta, sk))
+                if d.active and (i + 1) % every == 0:
+                    _exchange(d, acc, batch, None)
+                    batch = []
     except AdamscopeError as e:
         error = e
     if d.active:
-        from adamscope.stats.sketch import TensorSketch
-
-        gathered = d.gather(
-            (str(error) if error else None, [(i, m, sk.to_state()) for i, m, sk in local])
-        )
-        first_error = None
-        if gathered is not None:
-            first_error = next((g[0] for g in gathered if g[0]), None)
-        first_error = d.broadcast(first_error)
-        if first_error:
-            raise error if error is not None else AdamscopeError(first_error)
-        if gathered is None:
-            return None
-        entries = sorted((e for g in gathered for e in g[1]), key=lambda e: e[0])
-        local = [(i, m, TensorSketch.from_state(st)) for i, m, st in entries]
+        _exchange(d, acc, batch, error, final=True)
     elif error is not None:
         raise error
-    return _frames(found, rel=rel, options=options, summaries=[(m, sk) for _, m, sk in local])
+    return acc.frames() if d.is_main else None
 
 
-def _frames(
-    found: Found, *, rel: str, options: AnalyzeOptions, summaries: list[tuple[_Meta, Any]]
-) -> dict[str, pl.DataFrame]:
-    from adamscope.layers import assign_layers
-    from adamscope.stats.engine import merge_layer
+def _exchange(
+    d: Dist, acc: Any, batch: list, error: AdamscopeError | None, *, final: bool = False
+) -> None:
+    """Gather a batch of sketches on rank 0 and fold them in tensor order; stop every rank on an error."""
+    from adamscope.stats.sketch import TensorSketch
 
-    sketches: dict[str, Any] = {}
-    meta: dict[str, _Meta] = {}
-    for m, sk in summaries:
-        if m.name in sketches:
-            sketches[m.name] = sketches[m.name].merge(sk)  # pieces of one sharded tensor
-        else:
-            sketches[m.name] = sk
-            meta[m.name] = m
-    if not sketches:
-        raise AdamscopeError(f"{found.path}: the optimizer state holds no parameter tensors")
-
-    steps = Counter(int(round(m.step)) for m in meta.values())
-    step = steps.most_common(1)[0][0]
-    layers = assign_layers(list(sketches))
-    ident = {"checkpoint": rel, "step": step}
-    t_rows, h_rows, l_rows = [], [], []
-    by_layer: dict[str, list[Any]] = {}
-    for name, sk in sketches.items():
-        ts = meta[name]
-        lay = layers[name]
-        row = {
-            **ident,
-            "tensor": name,
-            "layer": lay.layer,
-            "depth": lay.depth,
-            "shape": str(list(ts.shape)),
-            "dtype": ts.dtype,
-            "beta1": ts.hp.beta1,
-            "beta2": ts.hp.beta2,
-            "eps": ts.hp.eps,
-            "lr": ts.hp.lr,
-            "weight_decay": ts.hp.weight_decay,
-            **sk.row(),
-        }
-        row["step"] = int(round(ts.step))
-        t_rows.append(row)
-        if options.tensor_histograms:
-            h_rows.extend(
-                _hist_rows(sk, {**ident, "level": "tensor", "tensor": name, "layer": lay.layer})
-            )
-        by_layer.setdefault(lay.layer, []).append(sk)
-    for layer, sks in by_layer.items():
-        merged = merge_layer(sks, name=layer)
-        depth = next(layers[n].depth for n in sketches if layers[n].layer == layer)
-        l_rows.append(
-            {**ident, "layer": layer, "depth": depth, "n_tensors": len(sks), **merged.row()}
-        )
-        h_rows.extend(
-            _hist_rows(merged, {**ident, "level": "layer", "tensor": None, "layer": layer})
-        )
-    l_rows.sort(key=lambda r: r["depth"])
-    return {
-        "tensors": io.frame("tensors", t_rows),
-        "layers": io.frame("layers", l_rows),
-        "histograms": io.frame("histograms", h_rows),
-    }
+    gathered = d.gather(
+        (str(error) if error else None, final, [(i, m, sk.to_state()) for i, m, sk in batch])
+    )
+    first_error = None
+    if gathered is not None:
+        first_error = next((g[0] for g in gathered if g[0]), None)
+        finals = {g[1] for g in gathered}
+        if first_error is None and len(finals) > 1:
+            first_error = "the ranks saw different numbers of tensors; stopped"
+    first_error = d.broadcast(first_error)
+    if first_error:
+        raise error if error is not None else AdamscopeError(first_error)
+    if gathered is not None:
+        for _, meta, state in sorted((e for g in gathered for e in g[2]), key=lambda e: e[0]):
+            acc.add(meta, TensorSketch.from_state(state))
 
 
 def _consecutive_gradients(
@@ -345,12 +286,6 @@ def _remove_temps(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-
-
-def _hist_rows(sk: Any, ident: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {**ident, "quantity": q, "lo": lo, "hi": hi, "count": c} for q, lo, hi, c in sk.histograms()
-    ]
 
 
 def _relative(p: Path, root: Path) -> str:

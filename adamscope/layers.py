@@ -27,6 +27,22 @@ class LayerOf:
     depth: int
 
 
+def layer_key(name: str) -> tuple[str, str | None, int | None]:
+    """The layer a name belongs to, from the name alone: (kind, stack prefix, block index).
+
+    Two names share a layer exactly when they share this key; `assign_layers` turns keys into the
+    labels and depths users see once every name is known.
+    """
+    m = _BLOCK.match(name)
+    if m:
+        return ("block", m.group("prefix"), int(m.group("idx")))
+    if _EMBED.search(name):
+        return ("embedding", None, None)
+    if _HEAD.search(name):
+        return ("head", None, None)
+    return ("other", None, None)
+
+
 def assign_layers(names: Sequence[str]) -> dict[str, LayerOf]:
     """Map each parameter name to its layer and depth.
 
@@ -34,21 +50,11 @@ def assign_layers(names: Sequence[str]) -> dict[str, LayerOf]:
     tensors that match no pattern ("other"), then the head. A single block stack is named
     `block.<i>`; several stacks (encoder/decoder) keep their prefix: `<prefix>.<i>`.
     """
-    kinds: dict[str, tuple[str, str | None, int | None]] = {}
+    kinds = {name: layer_key(name) for name in names}
     prefixes: list[str] = []
-    for name in names:
-        m = _BLOCK.match(name)
-        if m:
-            prefix = m.group("prefix")
-            if prefix not in prefixes:
-                prefixes.append(prefix)
-            kinds[name] = ("block", prefix, int(m.group("idx")))
-        elif _EMBED.search(name):
-            kinds[name] = ("embedding", None, None)
-        elif _HEAD.search(name):
-            kinds[name] = ("head", None, None)
-        else:
-            kinds[name] = ("other", None, None)
+    for kind, prefix, _ in kinds.values():
+        if kind == "block" and prefix not in prefixes:
+            prefixes.append(prefix)
 
     single = len(prefixes) <= 1
     order: list[tuple[tuple[int, int, int], str]] = []

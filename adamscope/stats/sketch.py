@@ -363,8 +363,8 @@ def combine_layer(sketches: list[TensorSketch], *, name: str | None = None) -> T
     us, rs, idx = [], [], []
     for s, (su, sr), q in zip(sketches, samples, quotas, strict=True):
         if q < su.size:
-            rng = np.random.default_rng([s.cfg.seed, name_key(s.name), 2])
-            keep = np.sort(rng.choice(su.size, size=q, replace=False))
+            rng = np.random.default_rng([s.cfg.seed, name_key(s.name), 2, s.numel])
+            keep = rng.choice(su.size, size=q, replace=False)  # order is irrelevant to the dip
             su, sr = su[keep], sr[keep]
         us.append(su)
         rs.append(sr)

@@ -1,0 +1,148 @@
+"""One checkpoint's tables, built while its tensors stream by, in memory bounded by layers, not tensors.
+
+Each tensor's sketch (with its dip sample) lives only until the tensor is complete: then its row and
+histogram bins are taken and it is folded into its layer's running sketch, whose dip sample stays at
+`dip_sample` points (numel-weighted, see stats.sketch.combine_layer). So peak memory grows with the
+number of layers, never with the number or size of tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from adamscope.errors import AdamscopeError
+from adamscope.tables import io
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What the tables need of a TensorState besides its sketch (picklable, unlike the reader)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    step: float
+    hp: Any
+    piece: tuple[int, int] | None
+
+
+_HIST_SCHEMA = {"quantity": pl.Utf8, "lo": pl.Float64, "hi": pl.Float64, "count": pl.Int64}
+
+
+def _bins(sk: Any) -> pl.DataFrame:
+    return pl.DataFrame(sk.histograms(), schema=_HIST_SCHEMA, orient="row")
+
+
+class CheckpointTables:
+    """Accumulates one checkpoint: `add(meta, sketch)` per tensor (or piece), then `frames()`."""
+
+    def __init__(self, *, rel: str, path: Any, tensor_histograms: bool) -> None:
+        self.rel = rel
+        self.path = path
+        self.tensor_histograms = tensor_histograms
+        self.rows: list[dict[str, Any]] = []
+        self.bins: list[tuple[str, pl.DataFrame]] = []  # (tensor name, its non-empty bins)
+        self.pending: dict[str, tuple[TensorMeta, Any, int]] = {}  # pieces still arriving
+        self.layers: dict[tuple, tuple[Any, int]] = {}  # key -> (running sketch, n_tensors)
+        self.layer_of: dict[str, tuple] = {}
+        self.steps: Counter[int] = Counter()
+
+    def add(self, meta: TensorMeta, sk: Any) -> None:
+        if meta.piece is None:
+            self._finish(meta, sk)
+            return
+        first, merged, seen = self.pending.pop(meta.name, (meta, None, 0))
+        merged = sk if merged is None else merged.merge(sk)
+        seen += sk.numel
+        if seen >= meta.piece[1]:
+            self._finish(first, merged)
+        else:
+            self.pending[meta.name] = (first, merged, seen)
+
+    def _finish(self, meta: TensorMeta, sk: Any) -> None:
+        from adamscope.layers import layer_key
+        from adamscope.stats.engine import merge_layer
+
+        if meta.name in self.layer_of:
+            raise AdamscopeError(
+                f"{self.path}: tensor '{meta.name}' appears twice in the optimizer state"
+            )
+        step = int(round(meta.step))
+        self.steps[step] += 1
+        self.rows.append(
+            {
+                "step": step,
+                "tensor": meta.name,
+                "shape": str(list(meta.shape)),
+                "dtype": meta.dtype,
+                "beta1": meta.hp.beta1,
+                "beta2": meta.hp.beta2,
+                "eps": meta.hp.eps,
+                "lr": meta.hp.lr,
+                "weight_decay": meta.hp.weight_decay,
+                **sk.row(),
+            }
+        )
+        if self.tensor_histograms:
+            self.bins.append((meta.name, _bins(sk)))
+        key = layer_key(meta.name)
+        self.layer_of[meta.name] = key
+        running, n = self.layers.get(key, (None, 0))
+        label = "/".join(str(k) for k in key)
+        parts = [sk] if running is None else [running, sk]
+        self.layers[key] = (merge_layer(parts, name=label), n + 1)
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        from adamscope.layers import assign_layers
+
+        for name, (meta, sk, seen) in list(self.pending.items()):
+            log.warning(
+                "%s: '%s': pieces cover %d of %d elements", self.path, name, seen, meta.piece[1]
+            )
+            self._finish(meta, sk)
+        self.pending.clear()
+        if not self.rows:
+            raise AdamscopeError(f"{self.path}: the optimizer state holds no parameter tensors")
+        step = self.steps.most_common(1)[0][0]
+        names = [r["tensor"] for r in self.rows]
+        assigned = assign_layers(names)
+        label = {self.layer_of[n]: (assigned[n].layer, assigned[n].depth) for n in names}
+        ident = {"checkpoint": self.rel}
+        for r in self.rows:
+            r.update(ident, layer=assigned[r["tensor"]].layer, depth=assigned[r["tensor"]].depth)
+        l_rows, hist = [], []
+        for key, (sk, n) in self.layers.items():
+            layer, depth = label[key]
+            l_rows.append(
+                {**ident, "step": step, "layer": layer, "depth": depth, "n_tensors": n, **sk.row()}
+            )
+            hist.append(
+                _bins(sk).with_columns(
+                    level=pl.lit("layer"), tensor=pl.lit(None, pl.Utf8), layer=pl.lit(layer)
+                )
+            )
+        l_rows.sort(key=lambda r: r["depth"])
+        for name, b in self.bins:
+            hist.append(
+                b.with_columns(
+                    level=pl.lit("tensor"), tensor=pl.lit(name), layer=pl.lit(assigned[name].layer)
+                )
+            )
+        histograms = io.frame("histograms", [])
+        if hist:
+            h = pl.concat(hist, how="vertical").with_columns(
+                checkpoint=pl.lit(self.rel), step=pl.lit(step, pl.Int64)
+            )
+            histograms = h.select(histograms.columns).cast(dict(histograms.schema))
+        return {
+            "tensors": io.frame("tensors", self.rows),
+            "layers": io.frame("layers", l_rows),
+            "histograms": histograms,
+        }
