@@ -541,5 +541,14 @@ def moved_first(
     _run(go)
 
 
+def _register_bench() -> None:
+    from adamscope.bench import bench_command
+
+    app.command("bench")(bench_command)
+
+
+_register_bench()
+
+
 def main() -> None:
     app()
