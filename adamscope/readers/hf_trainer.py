@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adamscope.errors import NamingError, UnsupportedFormatError
+from adamscope.errors import CorruptCheckpointError, NamingError, UnsupportedFormatError
 from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class HFTrainerReader:
                 raise UnsupportedFormatError(
                     f"{f}: not an optimizer state_dict (no state/param_groups)"
                 )
+            _check_ids(sd, source=str(f))
             self._sd = sd
         return self._sd
 
@@ -163,6 +164,20 @@ class HFTrainerReader:
                 )
         self._names = names
         return names
+
+
+def _check_ids(sd: Any, *, source: str) -> None:
+    """Param ids (in groups and state) must be integers and state entries dicts: the Trainer's
+    optimizer.pt is a plain torch state_dict; anything else is a damaged file."""
+    from adamscope.readers.torch_optim import group_ids, is_optim_state_dict
+
+    if not is_optim_state_dict(sd):
+        raise CorruptCheckpointError(f"{source}: state/param_groups have the wrong types")
+    ids = [p for g in group_ids(sd, source=source) for p in g]
+    if not all(isinstance(p, int) for p in [*ids, *sd["state"]]):
+        raise CorruptCheckpointError(f"{source}: optimizer param ids are not all integers")
+    if not all(isinstance(e, dict) for e in sd["state"].values()):
+        raise CorruptCheckpointError(f"{source}: optimizer state entries are not all dicts")
 
 
 def _folder(path: Path) -> Path | None:

@@ -158,6 +158,8 @@ def hyper_params(group: dict, *, source: str, options: ReaderOptions | None = No
         raise CorruptCheckpointError(
             f"{source}: param group without betas/eps; pass --beta1/--beta2/--eps"
         )
+    if not isinstance(betas, list | tuple) or len(betas) != 2:
+        raise CorruptCheckpointError(f"{source}: param group betas is {betas!r:.40}, not a pair")
     b1, b2 = (_number(b, what="betas", source=source) for b in betas)
     lr = group.get("lr")
     wd = group.get("weight_decay")

@@ -47,6 +47,8 @@ FOUND = [
     (1, "raw", [(4, 1007986, 3419481623616168688), (2, 100, 0)]),  # is_zipfile raised BadZipFile
     (2, "pickle", [(0, 217963, 32496560639582768)]),  # size and stride of different lengths
     (0, "storage", [(4, 0, 2**64 - 4)]),  # a NaN step: int(nan)
+    (4, "pickle", [(0, 123141, 1110)]),  # HF optimizer.pt with a non-integer param id
+    (5, "pickle", [(0, 821631, 9910603678816504105)]),  # betas a float, not a pair
 ]
 
 
