@@ -3,6 +3,8 @@ computed from adamscope's own tables (layers.parquet, gradients.parquet, losses.
 
 A *signal* is a per-(layer, checkpoint) condition read off the tables:
   primed           stage == "primed"                      (THEORY.md: the early warning)
+  primed_early     primed, in the shallower half of the layers (depth <= max depth // 2):
+                   the paper's early layers, without the head's rare-byte rows
   unstable         stage == "unstable"
   vanishing        stage in {vanishing, primed}           (eps swallows the update)
   r_bimodal        dip_r >= thresholds.dip and dip_p_r < thresholds.dip_p
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SIGNALS = (
     "primed",
+    "primed_early",
     "unstable",
     "vanishing",
     "r_bimodal",
@@ -91,6 +94,8 @@ def signal_frame(tables: Path, opts: SignalOptions) -> pl.DataFrame:
         "step",
         "layer",
         primed=pl.col("stage") == "primed",
+        primed_early=(pl.col("stage") == "primed")
+        & (pl.col("depth") <= pl.col("depth").max() // 2),
         unstable=pl.col("stage") == "unstable",
         vanishing=pl.col("stage").is_in(["vanishing", "primed"]),
         r_bimodal=(pl.col("dip_r") >= thr.dip) & (pl.col("dip_p_r") < thr.dip_p),
