@@ -11,6 +11,22 @@ if TYPE_CHECKING:
     import torch
 
 
+def child_path(folder: Path, name: str, *, source: Path) -> Path:
+    """`folder / name` for a file name read from a checkpoint, refusing anything that leaves the
+    folder (absolute paths, `..`, separators): a checkpoint must not make adamscope read elsewhere.
+
+    Raises:
+        CorruptCheckpointError: `name` is not a plain name inside `folder`.
+    """
+    from adamscope.errors import CorruptCheckpointError
+
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise CorruptCheckpointError(
+            f"{source}: refers to {name!r}, which is not a file name in {folder}"
+        )
+    return folder / name
+
+
 @dataclass(frozen=True, kw_only=True)
 class HyperParams:
     """Per-parameter-group Adam hyper-parameters, as stored (lr already advanced by schedulers)."""
@@ -30,7 +46,9 @@ class HyperParams:
 # A chunk source: given a maximum number of elements per chunk, yields (start, m, v[, vmax]) pieces
 # as 1-D float tensors covering the tensor in flat (row-major) order, each piece at most chunk_elems.
 # vmax is max_exp_avg_sq for AMSGrad, else None.
-ChunkFn = Callable[[int], Iterator[tuple[int, "torch.Tensor", "torch.Tensor", "torch.Tensor | None"]]]
+ChunkFn = Callable[
+    [int], Iterator[tuple[int, "torch.Tensor", "torch.Tensor", "torch.Tensor | None"]]
+]
 
 
 @dataclass(kw_only=True)

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from adamscope.errors import (
+    AdamscopeError,
     CorruptCheckpointError,
     NotAdamError,
     UnsafePickleError,
     UnsupportedFormatError,
 )
-from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
+from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState, child_path
 from adamscope.readers.torch_optim import hyper_params
+from adamscope.readers.torchzip import _check_memo
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +137,27 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
     """Parses `<folder>/.metadata` safely into flat key -> _Entry (in the file's key order)."""
     source = folder / ".metadata"
     try:
-        with open(source, "rb") as f:
-            md = _MetadataUnpickler(f, source=source).load()
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as e:
-        raise CorruptCheckpointError(f"{source}: cannot unpickle DCP metadata ({e})") from None
+        data = source.read_bytes()
+        _check_memo(data, source)  # a forged memo index would make the C unpickler allocate GBs
+        md = _MetadataUnpickler(io.BytesIO(data), source=source).load()
+    except AdamscopeError:
+        raise
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        UnicodeDecodeError,
+        MemoryError,
+        RecursionError,
+    ) as e:
+        raise CorruptCheckpointError(
+            f"{source}: cannot unpickle DCP metadata ({type(e).__name__}: {e})"
+        ) from None
     if not isinstance(md, _Record) or not isinstance(md.get("state_dict_metadata"), dict):
         raise CorruptCheckpointError(f"{source}: not a DCP Metadata object")
     storage: dict[tuple[str, tuple[int, ...] | None], Any] = {}
@@ -165,7 +184,7 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
                 _Chunk(
                     offsets=offsets or (),
                     sizes=() if c is None else tuple(c.get("sizes")),
-                    file=folder / str(info.get("relative_path")),
+                    file=child_path(folder, str(info.get("relative_path")), source=source),
                     byte_offset=int(info.get("offset")),
                     length=int(info.get("length")),
                 )

@@ -48,7 +48,14 @@ def resolve_tag_folder(path: Path) -> Path | None:
         latest = path / pointer
         if latest.is_file():
             tag = latest.read_text(encoding="utf-8", errors="replace").strip()
-            if tag and (path / tag).is_dir():
+            # a tag is one folder name: `latest` must not point adamscope outside the checkpoint
+            if (
+                tag
+                and "/" not in tag
+                and "\\" not in tag
+                and tag not in (".", "..")
+                and (path / tag).is_dir()
+            ):
                 return path / tag
     if any((path / m).is_file() for m in _MODEL_FILES):
         return path

@@ -342,6 +342,11 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
                     warned = True
                 vd = v if vmax is None else vmax
                 n = m.numel()
+                if v.numel() != n or vd.numel() != n:
+                    raise AdamscopeError(
+                        f"{ts.name}: exp_avg and exp_avg_sq pieces differ in length at element "
+                        f"{start} ({n} vs {v.numel()}): the state does not add up"
+                    )
                 seen += n
                 bounds = [(n_blocks + j, s, s + block) for j, s in enumerate(range(0, n, block))]
                 n_blocks += len(bounds)
