@@ -366,12 +366,43 @@ def simulate(
     save_every: Annotated[int, typer.Option(help="Checkpoint period in steps.")] = 20,
     eps: Annotated[float, typer.Option(help="Adam eps.")] = 1e-8,
     seed: Annotated[int, typer.Option(help="Seed of the gradient signs.")] = 0,
+    proxy: Annotated[
+        bool,
+        typer.Option(
+            "--proxy",
+            help="Instead: train a small byte-level GPT on the stdlib sources with real AdamW "
+            "(docs/experiments/proxy-spikes.md); checkpoints every --save-every steps and around "
+            "detected loss spikes.",
+        ),
+    ] = False,
+    steps: Annotated[int, typer.Option(help="--proxy: training steps.")] = 1000,
+    lr: Annotated[float, typer.Option(help="--proxy: peak learning rate.")] = 1e-2,
+    batch_size: Annotated[int, typer.Option(help="--proxy: sequences per batch.")] = 32,
+    device: Annotated[str, typer.Option(help="--proxy: cpu or cuda.")] = "cpu",
 ) -> None:
     """Run the paper's Section 4 gradient model through real torch AdamW: a checkpoint series that walks
     healthy -> vanishing -> primed -> unstable -> healthy, with a loss log. No GPU, seconds."""
     _setup_logging(0)
 
     def go() -> None:
+        if proxy:
+            from adamscope.proxy import run_proxy
+
+            info = run_proxy(
+                out,
+                n_layer=layers,
+                steps=steps,
+                lr=lr,
+                batch_size=batch_size,
+                eps=eps,
+                seed=seed,
+                ckpt_every=save_every,
+                device=device,
+            )
+            typer.echo(
+                f"proxy run: {out} ({info.get('outcome', 'done')})  (next: adamscope analyze {out})"
+            )
+            return
         from adamscope.simulate import simulate as run_simulate
 
         path = run_simulate(
