@@ -99,7 +99,8 @@ class _Sampler:
         self.total = total
         self.all = total <= k
         self.p = min(1.0, k / max(total, 1))
-        self.cell = max(1 << 16, -(-total // 1024))
+        # few, large cells: each costs one generator set-up (~0.1 ms), the dominant host cost
+        self.cell = max(1 << 22, -(-total // 64))
         self.key = name_key(name)
         self.seed = seed
         self._cached: tuple[int, np.ndarray] | None = None
