@@ -24,11 +24,17 @@ def write(root: Path, params: int, world: int, n_tensors: int = 25) -> None:
     tag.mkdir(parents=True, exist_ok=True)
     (root / "latest").write_text("global_step10")
     per = params // n_tensors
-    shapes = {f"model.layers.{i}.mlp.weight": torch.Size([per // 1000, 1000]) for i in range(n_tensors)}
+    shapes = {
+        f"model.layers.{i}.mlp.weight": torch.Size([per // 1000, 1000]) for i in range(n_tensors)
+    }
     numel = sum(s.numel() for s in shapes.values())
     torch.save(
-        {"param_shapes": [shapes], "dp_world_size": world, "global_steps": 10,
-         "ds_config": {"zero_optimization": {"stage": 2}}},
+        {
+            "param_shapes": [shapes],
+            "dp_world_size": world,
+            "global_steps": 10,
+            "ds_config": {"zero_optimization": {"stage": 2}},
+        },
         tag / "mp_rank_00_model_states.pt",
     )
     size = -(-numel // (2 * world)) * 2
@@ -40,10 +46,14 @@ def write(root: Path, params: int, world: int, n_tensors: int = 25) -> None:
         v = torch.zeros(size)
         m[:n] = torch.randn(n, generator=gen) * 1e-3
         v[:n] = torch.rand(n, generator=gen) * 1e-6
-        inner = {"state": {0: {"step": torch.tensor(10.0), "exp_avg": m, "exp_avg_sq": v}},
-                 "param_groups": [group]}
-        torch.save({"optimizer_state_dict": {"zero_stage": 2, "base_optimizer_state": inner}},
-                   tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        inner = {
+            "state": {0: {"step": torch.tensor(10.0), "exp_avg": m, "exp_avg_sq": v}},
+            "param_groups": [group],
+        }
+        torch.save(
+            {"optimizer_state_dict": {"zero_stage": 2, "base_optimizer_state": inner}},
+            tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+        )
         del m, v
 
 
@@ -88,14 +98,38 @@ def main() -> None:
     if not (a.root / "latest").exists():
         # in a child: the parent must stay small, since a child's peak RSS counts the parent's
         # pages between fork and exec
-        subprocess.run([sys.executable, __file__, str(a.root), "--params", str(a.params),
-                        "--world", str(a.world), "--write-only"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                str(a.root),
+                "--params",
+                str(a.params),
+                "--world",
+                str(a.world),
+                "--write-only",
+            ],
+            check=True,
+        )
     shard = a.root / "global_step10" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     print(f"shard size: {shard.stat().st_size / 1e6:.0f} MB x {a.world} ranks")
-    import_only = child_peak_mb(["-c", "import adamscope.api, adamscope.stats.engine, torch, polars"])
+    import_only = child_peak_mb(
+        ["-c", "import adamscope.api, adamscope.stats.engine, torch, polars"]
+    )
     print(f"peak RSS, python + imports only: {import_only:.0f} MB", flush=True)
-    analyzed = child_peak_mb(["-m", "adamscope", "analyze", str(a.root), "-q", "--chunk", str(a.chunk),
-                              "-o", str(a.root.parent / "zero_rss_out")])
+    analyzed = child_peak_mb(
+        [
+            "-m",
+            "adamscope",
+            "analyze",
+            str(a.root),
+            "-q",
+            "--chunk",
+            str(a.chunk),
+            "-o",
+            str(a.root.parent / "zero_rss_out"),
+        ]
+    )
     print(f"peak RSS, adamscope analyze (chunk {a.chunk} elements): {analyzed:.0f} MB")
     loaded = child_peak_mb(["-c", f"import torch; torch.load({str(shard)!r}, weights_only=False)"])
     print(f"peak RSS, torch.load of one shard: {loaded:.0f} MB")
