@@ -17,7 +17,7 @@ def demo(out_dir: Path, *, seed: int = 0) -> Path:
     `out_dir/report.html`. Takes seconds on a laptop CPU.
 
     Raises:
-        AdamscopeError: `out_dir/run` already holds checkpoints (choose an empty folder).
+        AdamscopeError: `out_dir/run` holds checkpoints that demo did not simulate.
     """
     from adamscope.api import AnalyzeOptions, analyze
     from adamscope.logs import write_logs
@@ -27,10 +27,16 @@ def demo(out_dir: Path, *, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     run_dir = out_dir / "run"
     tables = out_dir / "tables"
-    if run_dir.exists() and any(run_dir.glob("step_*")):
-        raise AdamscopeError(f"{run_dir}: already holds a simulated run; give demo an empty folder")
-    log.info("demo: simulating a run into %s", run_dir)
-    simulate(run_dir, seed=seed)
-    analyze(run_dir, options=AnalyzeOptions(out=tables))
+    reuse = run_dir.exists() and any(run_dir.glob("step_*"))
+    if reuse and not (run_dir / "schedule.json").is_file():
+        raise AdamscopeError(
+            f"{run_dir}: holds checkpoints demo did not make; give demo an empty folder"
+        )
+    if reuse:  # a second `adamscope demo`: keep the simulated run, redo the tables and the report
+        log.info("demo: reusing the simulated run in %s", run_dir)
+    else:
+        log.info("demo: simulating a run into %s", run_dir)
+        simulate(run_dir, seed=seed)
+    analyze(run_dir, options=AnalyzeOptions(out=tables, resume=reuse))
     write_logs(tables, run_dir / "train_log.jsonl")
     return write_report(tables, out_dir / "report.html")

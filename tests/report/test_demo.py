@@ -36,6 +36,14 @@ def test_demo_report_tells_the_simulated_story(demo_report: Path) -> None:
     assert "figure unavailable" not in text
 
 
-def test_demo_refuses_a_used_folder(demo_report: Path) -> None:
-    with pytest.raises(AdamscopeError, match="already holds a simulated run"):
-        demo(demo_report.parent)
+def test_demo_twice_reuses_its_run_and_refuses_foreign_checkpoints(
+    demo_report: Path, tmp_path: Path
+) -> None:
+    run = demo_report.parent / "run"
+    before = sorted(p.name for p in run.iterdir())
+    assert demo(demo_report.parent) == demo_report  # the README's first command, run again
+    assert sorted(p.name for p in run.iterdir()) == before
+    foreign = tmp_path / "other"
+    (foreign / "run" / "step_1").mkdir(parents=True)
+    with pytest.raises(AdamscopeError, match="did not make"):
+        demo(foreign)
