@@ -100,6 +100,13 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
             + _loss_recovery(run)
         )
     )
+    if any(r["layer"] == "head" for r in rows):
+        v.details.append(
+            "The head is flagged. In the output layer, rows of tokens that (almost) never occur get a "
+            "steady one-signed gradient, so their r is bimodal and, with a large eps, suppressed: "
+            "'primed' there is often harmless (seen on our small byte-level proxy runs, "
+            "docs/experiments/proxy-spikes.md). Weigh the early layers' stages first."
+        )
     for sp in run.spikes[:5]:
         v.details.append(_spike_line(run, sp))
     if vanishing:

@@ -126,3 +126,12 @@ def test_missing_tables_raise(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(AdamscopeError, match="manifest.json: not valid JSON"):
         model.read_tables(tmp_path)
+
+
+def test_a_flagged_head_gets_a_caveat_and_early_layers_alone_do_not(tmp_path: Path) -> None:
+    early = model.read_tables(make_tables(tmp_path / "early", n_layers=4, n_affected=2))
+    assert not any("The head is flagged" in d for d in advice.verdict(early, thresholds={}).details)
+    every = model.read_tables(make_tables(tmp_path / "all", n_layers=4, n_affected=4))
+    v = advice.verdict(every, thresholds={})
+    assert "head" in [r["layer"] for r in v.layers]
+    assert any("The head is flagged" in d for d in v.details)
