@@ -55,12 +55,14 @@ class LightningReader:
     @property
     def tree(self) -> dict:
         if self._tree is None:
-            from adamscope.readers.torchzip import load_lazy
+            from adamscope.readers.torchzip import load_checked
 
-            tree = load_lazy(self.path, trust_pickle=self.options.trust_pickle)
-            if not _is_lightning(tree):
-                raise UnsupportedFormatError(f"{self.path}: no state_dict + optimizer_states")
-            self._tree = tree
+            self._tree = load_checked(
+                self.path,
+                trust_pickle=self.options.trust_pickle,
+                accept=_is_lightning,
+                expected="state_dict + optimizer_states",
+            )
         return self._tree
 
     def _optimizers(self) -> list[tuple[int, dict]]:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from adamscope.errors import UnsupportedFormatError
 from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
 from adamscope.readers.naming import is_tensor_like, model_entries
 from adamscope.readers.torch_optim import (
@@ -59,12 +58,14 @@ class NanoGPTReader:
     @property
     def tree(self) -> dict:
         if self._tree is None:
-            from adamscope.readers.torchzip import load_lazy
+            from adamscope.readers.torchzip import load_checked
 
-            tree = load_lazy(self.path, trust_pickle=self.options.trust_pickle)
-            if _split(tree) is None:
-                raise UnsupportedFormatError(f"{self.path}: no 'model' + 'optimizer' state_dicts")
-            self._tree = tree
+            self._tree = load_checked(
+                self.path,
+                trust_pickle=self.options.trust_pickle,
+                accept=lambda t: _split(t) is not None,
+                expected="'model' + 'optimizer' state_dicts",
+            )
         return self._tree
 
     def describe(self) -> CheckpointInfo:

@@ -461,3 +461,17 @@ def _wrap_tensors(obj: Any) -> Any:
     if type(obj) in (list, tuple):
         return type(obj)(_wrap_tensors(v) for v in obj)
     return obj
+
+
+def load_checked(path: Path, *, trust_pickle: bool, accept: Any, expected: str) -> Any:
+    """`load_lazy(path)`, refused with UnsupportedFormatError unless `accept(tree)` holds.
+
+    Used by the readers that first probed the file's structure with `peek` and now read it for real:
+    what they probed must still be what they get.
+    """
+    from adamscope.errors import UnsupportedFormatError
+
+    tree = load_lazy(Path(path), trust_pickle=trust_pickle)
+    if not accept(tree):
+        raise UnsupportedFormatError(f"{path}: no {expected}")
+    return tree
