@@ -62,6 +62,7 @@ def stats(ts: TensorState, chunk: int = 37) -> dict[str, Any]:
         lr=hp.lr,
         weight_decay=hp.weight_decay,
         vmax=vmax,
+        bias_correction=hp.bias_correction,
     )
 
 
@@ -82,3 +83,44 @@ def assert_matches(ts: TensorState, expected: dict[str, Any], *, chunk: int = 37
             assert math.isclose(have, want, rel_tol=1e-12, abs_tol=1e-300), (ts.name, key)
         else:
             assert have == want, (ts.name, key)
+
+
+_STREAM_RSS = """
+import importlib, json, resource, sys
+from adamscope.readers.base import ReaderOptions
+module, cls, path, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+reader = getattr(importlib.import_module(module), cls)(path, options=ReaderOptions())
+ts = next(reader.iter_tensors())
+chunks = ts.chunks(chunk)
+next(chunks)  # warm up imports and the allocator
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m_total, v_total, n = 0.0, 0.0, 0
+for start, m, v, _ in chunks:
+    m_total += float(m.double().sum()); v_total += float(v.double().sum()); n = start + len(m)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_kb": after - before, "m_total": m_total, "v_total": v_total, "n": n,
+                  "numel": ts.numel}))
+"""
+
+
+def stream_rss(reader: type, path: Path, *, chunk: int = 1 << 16) -> dict[str, Any]:
+    """Stream the first tensor of `path` with `reader` in a fresh interpreter: peak-RSS growth after
+    the first chunk (KiB), the sums of every later chunk's m and v, and the elements reached."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _STREAM_RSS,
+            reader.__module__,
+            reader.__name__,
+            str(path),
+            str(chunk),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout)

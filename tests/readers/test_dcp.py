@@ -8,7 +8,6 @@ Folders written in the test use `dcp.save` in one process (no process group), wi
 
 from __future__ import annotations
 
-import json
 import pickle
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _truth_helpers import FIXTURES, assert_matches, load_truth, stream
+from _truth_helpers import FIXTURES, assert_matches, load_truth, stream, stream_rss
 
 from adamscope.errors import NotAdamError, UnsafePickleError, UnsupportedFormatError
 from adamscope.readers.base import ReaderOptions
@@ -133,32 +132,11 @@ groups = [{"lr": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "params": ["w"]}]
 dcp.save({"optim": {"state": state, "param_groups": groups}}, checkpoint_id=sys.argv[1])
 """
 
-_READ = """
-import json, resource, sys
-from adamscope.readers.base import ReaderOptions
-from adamscope.readers.dcp import DCPReader
-ts = next(DCPReader(sys.argv[1], options=ReaderOptions()).iter_tensors())
-chunks = ts.chunks(1 << 16)
-next(chunks)  # warm up imports and the allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-total, n = 0.0, 0
-for start, m, v, _ in chunks:
-    total += float(m.double().sum()); n = start + len(m)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_kb": after - before, "total": total, "n": n}))
-"""
-
 
 def test_streaming_a_large_shard_keeps_memory_bounded(tmp_path: Path) -> None:
     folder = tmp_path / "big"
     subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITE), str(folder)], check=True)
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_READ), str(folder)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(out.stdout)
+    result = stream_rss(DCPReader, folder)
     assert result["n"] == 4_000_000
-    assert result["total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
+    assert result["m_total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not the 16 MB blob

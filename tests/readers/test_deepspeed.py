@@ -9,7 +9,6 @@ written with torch.save (plain dicts, no DeepSpeed objects) cover world sizes th
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _truth_helpers import FIXTURES, assert_matches, load_truth, stream
+from _truth_helpers import FIXTURES, assert_matches, load_truth, stream, stream_rss
 
 from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsafePickleError
 from adamscope.readers.base import ReaderOptions
@@ -179,21 +178,6 @@ def test_unknown_pickle_globals_are_refused(tmp_path: Path) -> None:
         list(reader.iter_tensors())
 
 
-_READ = """
-import json, resource, sys
-from adamscope.readers.base import ReaderOptions
-from adamscope.readers.deepspeed import DeepSpeedReader
-ts = next(DeepSpeedReader(sys.argv[1], options=ReaderOptions()).iter_tensors())
-chunks = ts.chunks(1 << 16)
-next(chunks)  # warm up imports and the allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-total, n = 0.0, 0
-for start, m, v, _ in chunks:
-    total += float(m.double().sum()); n = start + len(m)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_kb": after - before, "total": total, "n": n, "numel": ts.numel}))
-"""
-
 _WRITE = """
 import sys, torch
 from pathlib import Path
@@ -217,13 +201,7 @@ for r in range(world):
 def test_streaming_a_large_shard_keeps_memory_bounded(tmp_path: Path) -> None:
     root = tmp_path / "big"
     subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITE), str(root)], check=True)
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_READ), str(root)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(out.stdout)
+    result = stream_rss(DeepSpeedReader, root)
     assert result["n"] == result["numel"] == 4_000_001
-    assert result["total"] == 4_000_001 - (1 << 16)  # ones everywhere after the first chunk
+    assert result["m_total"] == 4_000_001 - (1 << 16)  # ones everywhere after the first chunk
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not 16 MB shards

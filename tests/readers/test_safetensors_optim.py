@@ -7,24 +7,20 @@ against numpy indexing of the same array.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _truth_helpers import FIXTURES, load_truth, stream, truth_module
+from _truth_helpers import FIXTURES, load_truth, stats, stream_rss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from adamscope.errors import NotAdamError, UnsupportedFormatError
-from adamscope.readers.base import ReaderOptions, TensorState
+from adamscope.readers.base import ReaderOptions
 from adamscope.readers.safetensors_optim import SafetensorsOptimReader, flat_slices
 
 FAMILY = FIXTURES / "mlx"
@@ -35,22 +31,6 @@ RUN_OPTIONS = {
     "adam_bf16.safetensors": ReaderOptions(),
     "adamw_bc.safetensors": ReaderOptions(beta1=0.9, beta2=0.95, eps=1e-6, bias_correction=True),
 }
-
-
-def _stats(ts: TensorState, chunk: int) -> dict:
-    m, v, _ = stream(ts, chunk)
-    hp = ts.hp
-    return truth_module().tensor_truth(
-        m,
-        v,
-        step=ts.step,
-        beta1=hp.beta1,
-        beta2=hp.beta2,
-        eps=hp.eps,
-        lr=hp.lr,
-        weight_decay=None,
-        bias_correction=hp.bias_correction,
-    )
 
 
 @pytest.mark.parametrize("rel", sorted(RUN_OPTIONS))
@@ -65,7 +45,7 @@ def test_values_match_the_live_mlx_optimizer(rel: str) -> None:
         assert ts.step == want["step"] == 5.0
         assert (ts.hp.beta1, ts.hp.beta2, ts.hp.eps) == (want["beta1"], want["beta2"], want["eps"])
         assert ts.hp.lr == pytest.approx(want["lr"], rel=1e-7)  # stored as float32
-        got = _stats(ts, chunk=7)
+        got = stats(ts, chunk=7)
         for key in ("u_mean", "u_std", "u_rms", "r_std", "suppression", "grad_rms", "v_l1"):
             assert math.isclose(got[key], want[key], rel_tol=1e-9), (rel, ts.name, key)
         assert got["zero_v"] == want["zero_v"]
@@ -138,22 +118,6 @@ def test_flat_slices_cover_any_flat_range_in_order(
     assert len(pieces) <= 2 * len(shape) + 1  # a few boxes, never one per element
 
 
-_READ = """
-import json, resource, sys
-from adamscope.readers.base import ReaderOptions
-from adamscope.readers.safetensors_optim import SafetensorsOptimReader
-ts = next(SafetensorsOptimReader(sys.argv[1], options=ReaderOptions()).iter_tensors())
-chunks = ts.chunks(1 << 16)
-next(chunks)  # warm up imports and the allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-total, n = 0.0, 0
-for start, m, v, _ in chunks:
-    total += float(m.double().sum()) + float(v.double().sum()); n = start + len(m)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_kb": after - before, "total": total, "n": n}))
-"""
-
-
 def test_streaming_a_large_tensor_keeps_memory_bounded(tmp_path: Path) -> None:
     path = tmp_path / "optimizer.safetensors"
     rows, cols = 2049, 2047  # 4.2M float32 each for m and v: 33 MB of state
@@ -165,13 +129,9 @@ def test_streaming_a_large_tensor_keeps_memory_bounded(tmp_path: Path) -> None:
         },
         str(path),
     )
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_READ), str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(out.stdout)
+    result = stream_rss(SafetensorsOptimReader, path)
     assert result["n"] == rows * cols
-    assert result["total"] == 3.0 * (rows * cols - (1 << 16))  # every chunk after the first
+    assert result["m_total"] + result["v_total"] == 3.0 * (
+        rows * cols - (1 << 16)
+    )  # every chunk after the first
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not 33 MB
