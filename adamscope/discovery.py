@@ -61,11 +61,12 @@ def discover(path: Path) -> list[Found]:
         return [Found(path, step_from_name(path), registry.detect(path))]
     children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     stepped = _readable([c for c in children if step_from_name(c) is not None], warn=True)
-    if len(stepped) >= 2 or (stepped and not _probe_quiet(path)):
+    itself = _detect_quiet(path) if len(stepped) < 2 else None  # the folder as one checkpoint
+    if len(stepped) >= 2 or (stepped and itself is None):
         stepped.sort(key=lambda f: (f.name_step if f.name_step is not None else -1, f.path.name))
         return stepped
-    if _probe_quiet(path):
-        return [Found(path, step_from_name(path), registry.detect(path))]
+    if itself is not None:
+        return [Found(path, step_from_name(path), itself)]
     # A folder holding checkpoint files without steps in their names (nanoGPT's out/ckpt.pt).
     plain = _readable([c for c in children if c.is_file()])
     if plain:
@@ -137,11 +138,11 @@ def _resolve(p: Path) -> Found | None:
     return inner[0] if len(inner) == 1 else None
 
 
-def _probe_quiet(path: Path) -> bool:
+def _detect_quiet(path: Path) -> type | None:
+    """The reader of `path`, or None when no reader recognises it."""
     from adamscope.readers import registry
 
     try:
-        registry.detect(path)
+        return registry.detect(path)
     except AdamscopeError:
-        return False
-    return True
+        return None
