@@ -7,7 +7,7 @@ Each `figureN(tables, ax, *, sel)` draws into the given Axes (Figure 5 into two)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -110,17 +110,16 @@ def figure2(tables: Tables, ax: Axes, *, sel: Selection) -> Axes:
 
 def figure3(tables: Tables, ax: Axes, *, sel: Selection) -> Axes:
     """u of the layers with the most bimodal update (unstable stage), with the ±mode markers."""
-    df = data3(tables, sel)
-    if len(df) == 0:
-        return _empty(ax, "no layer with a bimodal update in the tables")
-    _draw(ax, df, "u")
-    _xlim(ax, df)
-    _modes(ax, tables, sel.fig3[0])
-    ax.set_title("Fig. 3 — bimodal u during a stall (unstable stage)")
-    ax.set_xlabel("u = m̂ / (√v̂ + ε)")
-    ax.set_ylabel("density")
-    ax.legend(fontsize="small")
-    return ax
+    return _bimodal(
+        ax,
+        tables,
+        data3(tables, sel),
+        "u",
+        sel.fig3,
+        empty="no layer with a bimodal update in the tables",
+        title="Fig. 3 — bimodal u during a stall (unstable stage)",
+        xlabel="u = m̂ / (√v̂ + ε)",
+    )
 
 
 def figure5(tables: Tables, axes: Sequence[Axes], *, sel: Selection) -> Sequence[Axes]:
@@ -155,14 +154,37 @@ def figure5(tables: Tables, axes: Sequence[Axes], *, sel: Selection) -> Sequence
 
 def figure6(tables: Tables, ax: Axes, *, sel: Selection) -> Axes:
     """r for Figure 5's layers and steps: bimodal, modes at ±1 (torch) or ±b1/√b2 (paper)."""
-    df = data6(tables, sel)
+    return _bimodal(
+        ax,
+        tables,
+        data6(tables, sel),
+        "r",
+        sel.fig6,
+        empty="no layer rows with a suppression value",
+        title="Fig. 6 — r = u at ε = 0, same layers and steps as Fig. 5",
+        xlabel="r = m̂ / √v̂",
+    )
+
+
+def _bimodal(
+    ax: Axes,
+    tables: Tables,
+    df: pl.DataFrame,
+    quantity: str,
+    picks: Sequence[Any],
+    *,
+    empty: str,
+    title: str,
+    xlabel: str,
+) -> Axes:
+    """A distribution figure with the theory's modes marked (Figures 3 and 6)."""
     if len(df) == 0:
-        return _empty(ax, "no layer rows with a suppression value")
-    _draw(ax, df, "r")
+        return _empty(ax, empty)
+    _draw(ax, df, quantity)
     _xlim(ax, df)
-    _modes(ax, tables, sel.fig6[0])
-    ax.set_title("Fig. 6 — r = u at ε = 0, same layers and steps as Fig. 5")
-    ax.set_xlabel("r = m̂ / √v̂")
+    _modes(ax, tables, picks[0])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend(fontsize="small")
     return ax
