@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,21 @@ log = logging.getLogger(__name__)
 
 _CPU_BLOCK = 1 << 18  # 1 MiB of float32: a block and its temporaries stay in L2/L3
 _SHIFT_POINTS = 4096  # points averaged for the shift of the moment sums
+
+
+def use_fused() -> bool:
+    """Whether the CPU path runs the fused numba kernel: ADAMSCOPE_KERNEL=torch forces the torch
+    ops (the reference path), =numba requires the kernel; unset/auto uses it when numba works."""
+    choice = os.environ.get("ADAMSCOPE_KERNEL", "auto").lower()
+    if choice == "torch":
+        return False
+    from adamscope.stats import fused
+
+    if choice == "numba" and not fused.available():
+        raise AdamscopeError("ADAMSCOPE_KERNEL=numba but numba is not importable or failed")
+    if choice not in ("auto", "numba"):
+        raise AdamscopeError(f"ADAMSCOPE_KERNEL={choice!r}: use auto, numba or torch")
+    return fused.available()
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -89,8 +105,8 @@ class _Sampler:
     """Which global flat indices of a tensor are in its uniform sample.
 
     Every coordinate is kept independently with probability p = dip_sample / total (all of them when
-    total <= dip_sample): the index space is cut into fixed cells, each cell draws its count
-    (binomial) and positions (without replacement) from a generator seeded by (seed, name, cell).
+    total <= dip_sample): the index space is cut into fixed cells, each cell draws the gaps between
+    its kept coordinates (geometric) from a generator seeded by (seed, name, cell).
     The sample is therefore the same whatever the chunk size or the split into pieces, and pieces'
     samples merge by concatenation. `TensorSketch.dip_sample` trims the rare excess over dip_sample.
     """
@@ -106,13 +122,25 @@ class _Sampler:
         self._cached: tuple[int, np.ndarray] | None = None
 
     def _positions(self, c: int) -> np.ndarray:
+        """Sorted global indices of cell c in the sample: a Bernoulli(p) process drawn as
+        geometric gaps between kept coordinates, so the cost is that of the sample, not the cell."""
         if self._cached is not None and self._cached[0] == c:
             return self._cached[1]
         lo = c * self.cell
         size = min(self.cell, self.total - lo)
         rng = np.random.default_rng([self.seed, self.key, c])
-        cnt = int(rng.binomial(size, self.p))
-        pos = np.sort(rng.choice(size, size=cnt, replace=False)).astype(np.int64) + lo
+        parts = []
+        end = -1
+        while True:
+            expect = size * self.p
+            gaps = rng.geometric(self.p, size=int(expect + 6.0 * math.sqrt(expect) + 16))
+            pos = end + np.cumsum(gaps)
+            parts.append(pos)
+            end = int(pos[-1])
+            if end >= size:
+                break
+        pos = np.concatenate(parts)
+        pos = pos[: np.searchsorted(pos, size)] + lo
         self._cached = (c, pos)
         return pos
 
@@ -162,6 +190,10 @@ class _Folder:
         self.nonfinite = 0
         self._no_zeros = torch.zeros((), dtype=torch.int64, device=device)
         self._bufs: tuple[torch.Tensor, ...] | None = None
+        self.bpd = bpd
+        # the fused compiled kernel on CPU (numba) when it is there, else torch ops per statistic
+        self.fused = self.cpu and use_fused()
+        self._np_hists = tuple(h.numpy() for h in self.hists.values()) if self.fused else ()
 
     def _buffers(self, n: int) -> tuple[torch.Tensor, ...]:
         """Five float32 block buffers and an int32 one, allocated once and reused."""
@@ -224,6 +256,9 @@ class _Folder:
         self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, has_vmax: bool, index: int = 0
     ) -> None:
         """Fold block number `index`; m, v, vd are float32 1-D on the device, may hold NaN/Inf."""
+        if self.fused:
+            self._block_fused(m, v, vd, index)
+            return
         t = self.torch
         sums, finite = self._sums(m, v, vd if has_vmax else None, self._buffers(m.numel())[2])
         if not finite:
@@ -266,6 +301,19 @@ class _Folder:
         self.blocks.append(t.stack([p.to(t.float64) for p in parts]))
         self.ns.append(n)
         self.order.append(index)
+
+    def _block_fused(self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, index: int) -> None:
+        from adamscope.stats import fused
+
+        arrays = [np.ascontiguousarray(x.numpy()) for x in (m, v, vd)]
+        row, n, bad = fused.fold(
+            *arrays, self.k, self._np_hists, self.nb, self.bpd, self.below_thr
+        )
+        self.nonfinite += bad
+        if n:
+            self.blocks.append(self.torch.from_numpy(row))
+            self.ns.append(n)
+            self.order.append(index)
 
     def finish(self, sk: TensorSketch, others: list[_Folder] = ()) -> None:  # type: ignore[assignment]
         """Combine the per-block scalars of this and `others` (float64, Pebay, in block order)."""
@@ -511,6 +559,11 @@ def _sample(
     """u and r at the sampled coordinates of a chunk (non-finite ones dropped)."""
     import torch
 
+    if m.device.type == "cpu" and use_fused():
+        from adamscope.stats import fused
+
+        keep, u, r = fused.sample_ur(m.numpy(), vd.numpy(), idx - g0, k)
+        return (idx if keep.all() else idx[keep]), torch.from_numpy(u), torch.from_numpy(r)
     pos = torch.from_numpy(idx - g0).to(m.device)
     sm, sd = m[pos], vd[pos]
     ok = torch.isfinite(sm) & torch.isfinite(sd)

@@ -21,6 +21,13 @@ HP = HyperParams(beta1=0.9, beta2=0.95, eps=1e-8, lr=1e-3, weight_decay=0.1)
 CPU = StatsConfig(device="cpu")
 
 
+@pytest.fixture(autouse=True, params=["numba", "torch"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both CPU paths: the fused numba kernel and the torch ops."""
+    monkeypatch.setenv("ADAMSCOPE_KERNEL", request.param)
+    return request.param
+
+
 def _state(n: int, seed: int = 0, scale: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     m = torch.randn(n, generator=gen) * scale

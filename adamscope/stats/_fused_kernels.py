@@ -1,0 +1,222 @@
+"""numba kernels of `adamscope.stats.fused` (imported only when numba is; see that module).
+
+Module-level functions so that numba caches their machine code on disk (closures are not cached).
+"""
+
+# ruff: noqa: ANN001, ANN202, PLR0913, N803
+
+from __future__ import annotations
+
+import functools
+
+import numba as nb
+import numpy as np
+
+TILE = 2048  # elements per tile: a tile's u, r and bins stay in L1
+SHIFT_POINTS = 1024  # points averaged for the shift of the moment sums
+
+
+jit = functools.partial(nb.njit, cache=True, nogil=True, error_model="numpy")
+f32 = np.float32
+fmax = f32(np.finfo(np.float32).max)
+# numba does not reliably inline small jitted helpers, and a helper called per element costs
+# ~8 ns: helpers here take whole tiles and loop `for i in range(n)` from 0 (which vectorises).
+
+
+@jit
+def ur_tile(m, vd, u, r, n, c, paper, inside):
+    # torch's order of operations in float32 (adam.update_and_ratio_raw); without bias
+    # correction c[0] = c[1] = c[2] = 1, and dividing by 1 is exact.
+    bc1, sbc2, bc2, eps, b1, b2 = c[0], c[1], c[2], c[3], c[4], c[5]
+    if not paper:
+        if inside:
+            for i in range(n):
+                mh = m[i] / bc1
+                r[i] = mh / (np.sqrt(vd[i]) / sbc2)
+                u[i] = mh / np.sqrt(vd[i] / bc2 + eps)
+        else:
+            for i in range(n):
+                mh = m[i] / bc1
+                s = np.sqrt(vd[i]) / sbc2
+                r[i] = mh / s
+                u[i] = mh / (s + eps)
+    else:
+        for i in range(n):
+            mh = (m[i] / bc1) * b1
+            d = (vd[i] / bc2) * b2
+            q = np.sqrt(d)
+            r[i] = mh / q
+            u[i] = mh / (np.sqrt(d + eps) if inside else q + eps)
+    for i in range(n):  # r = 0 where vd = 0; nan -> 0 and +-inf -> +-max (torch's nan_to_num)
+        x = r[i]
+        x = f32(0.0) if vd[i] == 0 or x != x else x
+        r[i] = min(max(x, -fmax), fmax)
+
+
+@jit(fastmath={"reassoc", "nsz", "contract"})
+def sums_tile(m, v, vd, u, r, n, cu, cr, acc, thr, no_thr):
+    vs = ms = 0.0
+    su1 = su2 = su3 = su4 = sr1 = sr2 = sr3 = sr4 = 0.0
+    below = zeros = 0
+    for i in range(n):
+        fm = np.float64(m[i])
+        vs += np.float64(v[i])
+        ms += fm * fm
+        x = vd[i]
+        below += (x < thr) | (no_thr & (x <= 0))
+        zeros += x == 0
+        d = np.float64(u[i]) - cu
+        d2 = d * d
+        su1 += d
+        su2 += d2
+        su3 += d2 * d
+        su4 += d2 * d2
+        d = np.float64(r[i]) - cr
+        d2 = d * d
+        sr1 += d
+        sr2 += d2
+        sr3 += d2 * d
+        sr4 += d2 * d2
+    acc[0] += vs
+    acc[1] += ms
+    acc[2] += below
+    acc[3] += zeros
+    acc[9] += su1
+    acc[10] += su2
+    acc[11] += su3
+    acc[12] += su4
+    acc[14] += sr1
+    acc[15] += sr2
+    acc[16] += sr3
+    acc[17] += sr4
+
+
+@jit
+def minmax_tile(x, n, mm):
+    # on order-preserving int32 keys of the floats (a float min/max loop does not vectorise)
+    bits = x.view(np.int32)
+    lo = mm[0]
+    hi = mm[1]
+    for i in range(n):
+        b = bits[i]
+        key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+        lo = min(lo, key)
+        hi = max(hi, key)
+    mm[0] = lo
+    mm[1] = hi
+
+
+@jit
+def lin_tile(x, n, h, scale, off, top, idx):
+    for i in range(n):
+        y = x[i] * scale + off
+        y = min(max(y, f32(0.0)), top) if y == y else f32(0.0)
+        idx[i] = np.int32(y)
+    for i in range(n):
+        h[idx[i]] += 1
+
+
+@jit
+def log_rare(a, thr):
+    # zero, subnormal, inf or nan (a = bits of |x|): exact search
+    return min(np.searchsorted(thr[: thr.size - 1], a, side="right"), thr.size - 1)
+
+
+@jit
+def log_tile(x, n, h, thr, table, shift):
+    bits = x.view(np.int32)
+    for i in range(n):
+        a = bits[i] & np.int32(0x7FFFFFFF)
+        b = np.int64(table[a >> shift])
+        if b < 0:  # a cell holding an edge: exact search
+            b = log_rare(a, thr)
+        h[b] += 1
+
+
+@jit(fastmath={"reassoc"})
+def all_finite(m, v, vd, n):
+    s = f32(0.0)
+    for i in range(n):
+        s += (m[i] - m[i]) + (v[i] - v[i]) + (vd[i] - vd[i])
+    return s == 0
+
+
+@jit
+def compact(m, v, vd, n, tm, tv, td):
+    k = 0
+    for i in range(n):
+        if np.isfinite(m[i]) and np.isfinite(v[i]) and np.isfinite(vd[i]):
+            tm[k] = m[i]
+            tv[k] = v[i]
+            td[k] = vd[i]
+            k += 1
+    return k
+
+
+@jit
+def from_key(key):
+    b = np.empty(1, np.int32)
+    b[0] = key ^ ((key >> 31) & np.int32(0x7FFFFFFF))
+    return np.float64(b.view(np.float32)[0])
+
+
+@jit
+def fold(m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, counts):
+    paper = flags[0] != 0
+    inside = flags[1] != 0
+    no_thr = flags[2] != 0
+    top = f32(flags[3] + 1)
+    sq = flags[4]
+    sv = flags[5]
+    scale, off, thr = c[6], c[7], c[8]
+    n = m.size
+    tm = np.empty(TILE, np.float32)
+    tvv = np.empty(TILE, np.float32)
+    td = np.empty(TILE, np.float32)
+    tu = np.empty(TILE, np.float32)
+    tr = np.empty(TILE, np.float32)
+    idx = np.empty(TILE, np.int32)
+    mmu = np.array([np.int32(0x7FFFFFFF), np.int32(-0x80000000)], np.int32)
+    mmr = mmu.copy()
+    # the moment sums' shift: mean u and r over up to SHIFT_POINTS strided finite elements
+    stride = max(1, n // SHIFT_POINTS)
+    k = 0
+    for i in range(0, n, stride):
+        if k < TILE and np.isfinite(m[i]) and np.isfinite(v[i]) and np.isfinite(vd[i]):
+            tm[k] = m[i]
+            td[k] = vd[i]
+            k += 1
+    ur_tile(tm, td, tu, tr, k, c, paper, inside)
+    cu = cr = 0.0
+    for i in range(k):
+        cu += tu[i]
+        cr += tr[i]
+    cu = cu / k if k else 0.0
+    cr = cr / k if k else 0.0
+    ok = bad = 0
+    for t0 in range(0, n, TILE):
+        t1 = min(n, t0 + TILE)
+        xm, xv, xd = m[t0:t1], v[t0:t1], vd[t0:t1]
+        k = t1 - t0
+        if not all_finite(xm, xv, xd, k):
+            k = compact(xm, xv, xd, k, tm, tvv, td)
+            bad += t1 - t0 - k
+            xm, xv, xd = tm, tvv, td
+        ok += k
+        ur_tile(xm, xd, tu, tr, k, c, paper, inside)
+        sums_tile(xm, xv, xd, tu, tr, k, cu, cr, acc, thr, no_thr)
+        minmax_tile(tu, k, mmu)
+        minmax_tile(tr, k, mmr)
+        lin_tile(tu, k, hu, scale, off, top, idx)
+        lin_tile(tr, k, hr, scale, off, top, idx)
+        log_tile(tu, k, hlu, tq, tabq, sq)
+        log_tile(tr, k, hlr, tq, tabq, sq)
+        log_tile(xv, k, hlv, tv, tabv, sv)
+    acc[4] = from_key(mmu[0]) if ok else np.inf
+    acc[5] = from_key(mmu[1]) if ok else -np.inf
+    acc[6] = from_key(mmr[0]) if ok else np.inf
+    acc[7] = from_key(mmr[1]) if ok else -np.inf
+    acc[8] = cu
+    acc[13] = cr
+    counts[0] = ok
+    counts[1] = bad
