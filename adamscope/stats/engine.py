@@ -306,9 +306,7 @@ class _Folder:
         from adamscope.stats import fused
 
         arrays = [np.ascontiguousarray(x.numpy()) for x in (m, v, vd)]
-        row, n, bad = fused.fold(
-            *arrays, self.k, self._np_hists, self.nb, self.bpd, self.below_thr
-        )
+        row, n, bad = fused.fold(*arrays, self.k, self._np_hists, self.nb, self.bpd, self.below_thr)
         self.nonfinite += bad
         if n:
             self.blocks.append(self.torch.from_numpy(row))

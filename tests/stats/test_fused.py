@@ -126,6 +126,8 @@ def test_sampler_is_a_bernoulli_process() -> None:
     # the gaps are geometric: P(gap == 1) = p
     assert np.mean(np.diff(idx) == 1) == pytest.approx(p, rel=0.1)
     # any split of the index space gives the same sample
-    parts = np.concatenate([s.indices(a, b) for a, b in ((0, 5), (5, 1_234_567), (1_234_567, total))])
+    parts = np.concatenate(
+        [s.indices(a, b) for a, b in ((0, 5), (5, 1_234_567), (1_234_567, total))]
+    )
     np.testing.assert_array_equal(parts, _Sampler("w", total, k, seed=0).indices(0, total))
     assert not np.array_equal(idx, _Sampler("w", total, k, seed=1).indices(0, total))
