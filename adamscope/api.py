@@ -148,7 +148,8 @@ def analyze_checkpoint(
     tables are the same) and returns the frames; the other ranks return None.
     """
     from adamscope.checkpoint_tables import CheckpointTables, TensorMeta
-    from adamscope.stats.engine import cpu_workers, summarize
+    from adamscope.stats.engine import cpu_workers, resolve_device, summarize
+    from adamscope.stats.prefetch import TensorPrefetch
 
     d = dist or Dist()
     cfg = options.stats
@@ -158,22 +159,32 @@ def analyze_checkpoint(
     error: AdamscopeError | None = None
     try:
         reader = _guard(found.path, "cannot open", found.reader, found.path, options=options.reader)
-        with cpu_workers():  # torch single-threaded; the engine's worker threads instead
-            for i, ts in enumerate(_tensors(reader, found.path)):
+        states = TensorPrefetch(  # the next tensor is read while this one is summarised
+            _tensors(reader, found.path),
+            chunk_elems=cfg.chunk_elems,
+            device=resolve_device(cfg.device),
+            wanted=d.mine,
+        )
+        with cpu_workers(), states:  # torch single-threaded; the engine's worker threads instead
+            for i, ts in enumerate(states):
                 if d.mine(i):
                     sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
                     if progress:
                         progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
                     meta = TensorMeta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
                     if not d.active:
-                        acc.add(meta, sk)
+                        acc.add_later(meta, sk)
                         continue
                     batch.append((i, meta, sk))
                 if d.active and (i + 1) % every == 0:
                     _exchange(d, acc, batch, None)
                     batch = []
+        if not d.active:
+            acc.drain()
     except AdamscopeError as e:
         error = e
+    finally:
+        acc.close()
     if d.active:
         _exchange(d, acc, batch, error, final=True)
     elif error is not None:

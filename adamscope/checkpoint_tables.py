@@ -9,7 +9,7 @@ number of layers, never with the number or size of tensors.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,40 @@ class CheckpointTables:
         self.layers: dict[tuple, tuple[Any, int]] = {}  # key -> (running sketch, n_tensors)
         self.layer_of: dict[str, tuple] = {}
         self.steps: Counter[int] = Counter()
+        self._pool: Any = None
+        self._queued: deque[Any] = deque()
+
+    def add_later(self, meta: TensorMeta, sk: Any, *, depth: int = 2) -> None:
+        """`add` on a background thread, in call order, so the caller can summarise the next tensor
+        meanwhile (the dips and layer merges of this one overlap its reading and reduction). At most
+        `depth` tensors wait; an error of `add` is raised by a later `add_later`, `drain` or `frames`.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="adamscope-tables")
+        while len(self._queued) >= depth:
+            self._queued.popleft().result()
+        self._queued.append(self._pool.submit(self.add, meta, sk))
+
+    def drain(self) -> None:
+        """Wait for every `add_later`; re-raise the first error."""
+        try:
+            while self._queued:
+                self._queued.popleft().result()
+        finally:
+            if self._pool is not None and not self._queued:
+                self._pool.shutdown()
+                self._pool = None
+
+    def close(self) -> None:
+        """Drop what is still queued (after an error) and stop the thread."""
+        for f in self._queued:
+            f.cancel()
+        self._queued.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def add(self, meta: TensorMeta, sk: Any) -> None:
         if meta.piece is None:
@@ -101,6 +135,8 @@ class CheckpointTables:
 
     def frames(self) -> dict[str, pl.DataFrame]:
         from adamscope.layers import assign_layers
+
+        self.drain()
 
         for name, (meta, sk, seen) in list(self.pending.items()):
             log.warning(

@@ -164,7 +164,7 @@ def analyze(
         from adamscope.api import AnalyzeOptions
         from adamscope.api import analyze as run_analyze
         from adamscope.config import StatsConfig
-        from adamscope.distributed import init_from_env
+        from adamscope.distributed import init_from_env, shutdown
         from adamscope.progress import RichProgress
 
         d = init_from_env(device)
@@ -197,6 +197,7 @@ def analyze(
         )
         with RichProgress(enabled=not quiet and d.is_main) as progress:
             result = run_analyze(path, options=opts, progress=progress)
+        shutdown()  # after success only: a failed rank must not wait for the others at a barrier
         if not d.is_main:
             return
         from adamscope.summary import print_summary

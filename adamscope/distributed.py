@@ -85,3 +85,14 @@ def init_from_env(device: str) -> Dist:
     d = current()
     log.info("rank %d of %d", d.rank, d.world)
     return d
+
+
+def shutdown() -> None:
+    """Leave the process group `init_from_env` joined (gloo's threads must not outlive it at exit)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears its connections down while another still uses them
+        dist.destroy_process_group()

@@ -220,3 +220,34 @@ def fold(m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, cou
     acc[13] = cr
     counts[0] = ok
     counts[1] = bad
+
+
+@jit
+def sort_f32_to_f64(x):
+    """x (float32) sorted ascending, as float64: LSD radix sort on order-preserving keys, 3 passes."""
+    n = x.size
+    bits = x.view(np.int32)
+    a = np.empty(n, np.uint32)
+    b = np.empty(n, np.uint32)
+    for i in range(n):
+        k = bits[i]
+        a[i] = np.uint32(k ^ ((k >> 31) & np.int32(0x7FFFFFFF))) ^ np.uint32(0x80000000)
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, np.int64)
+        for i in range(n):
+            counts[((a[i] >> shift) & np.uint32(0x7FF)) + 1] += 1
+        for j in range(1, 2049):
+            counts[j] += counts[j - 1]
+        for i in range(n):
+            d = (a[i] >> shift) & np.uint32(0x7FF)
+            b[counts[d]] = a[i]
+            counts[d] += 1
+        a, b = b, a
+    out = np.empty(n, np.float64)
+    fl = b.view(np.float32)
+    for i in range(n):
+        k = np.int32(a[i] ^ np.uint32(0x80000000))
+        b[i] = np.uint32(k ^ ((k >> 31) & np.int32(0x7FFFFFFF)))
+    for i in range(n):
+        out[i] = fl[i]
+    return out

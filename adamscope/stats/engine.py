@@ -12,8 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -29,6 +27,7 @@ from adamscope.stats.adam import (
     update_and_ratio,
     update_and_ratio_raw,
 )
+from adamscope.stats.prefetch import ChunkPrefetch, converted
 from adamscope.stats.sketch import LOG_HI, LOG_LO, Moments, TensorSketch, combine_layer, name_key
 
 if TYPE_CHECKING:
@@ -373,13 +372,13 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     samples: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
     warned = False
     pool = _pool(workers) if workers > 1 else None
-    chunks = _prefetch(ts.chunks(cfg.chunk_elems), device) if total > cfg.chunk_elems else None
+    chunks = ChunkPrefetch(ts.chunks(cfg.chunk_elems), device) if total > cfg.chunk_elems else None
     toggle = threads > 1 and (pool is not None or cpu)
     if toggle:
         torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            for start, m, v, vmax in chunks or _converted(ts.chunks(cfg.chunk_elems), device):
+            for start, m, v, vmax in chunks or converted(ts.chunks(cfg.chunk_elems), device):
                 if base is None:  # chunk starts may count from the piece or from the whole tensor
                     base = ts.piece[0] if ts.piece and start == 0 else 0
                 if vmax is None and ts.hp.amsgrad and not warned:
@@ -476,79 +475,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     if _POOL is None or _POOL[0] < workers:
         _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="adamscope-engine"))
     return _POOL[1]
-
-
-Chunk = tuple[int, Any, Any, Any]
-
-
-def _converted(chunks: Iterator[Chunk], device: torch.device) -> Iterator[Chunk]:
-    """Chunks as float32 1-D tensors on `device`, each copied there once."""
-    for start, m, v, vmax in chunks:
-        yield start, _f32(m, device), _f32(v, device), None if vmax is None else _f32(vmax, device)
-
-
-class _prefetch:  # noqa: N801 - used like a generator
-    """Iterate `_converted(chunks)` with a reader thread keeping up to `depth` chunks ready.
-
-    Memory: `depth` chunks queued + the one being reduced + the one the thread is reading. Errors
-    from the reader are re-raised in the caller's thread; `close()` stops the thread.
-    """
-
-    _END = object()
-
-    def __init__(self, chunks: Iterator[Chunk], device: torch.device, depth: int = 1) -> None:
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._it = _converted(chunks, device)
-        self._thread = threading.Thread(target=self._run, name="adamscope-reader", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            import torch
-
-            with torch.no_grad():
-                for item in self._it:
-                    if not self._put(item):
-                        return
-            self._put(self._END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._put(e)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> Iterator[Chunk]:
-        while True:
-            item = self._q.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            close()
-
-
-def _f32(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    import torch
-
-    x = x.reshape(-1)
-    if device.type == "cuda" and x.device.type == "cpu":
-        # through a pinned host buffer: an asynchronous copy, ordered on the device's stream
-        x = x.pin_memory().to(device=device, non_blocking=True)
-    return x.to(device=device, dtype=torch.float32)
 
 
 def _sample(

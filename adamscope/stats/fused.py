@@ -43,11 +43,27 @@ N_SCALARS = 18  # v_sum, m_sq, below, zeros, ulo, uhi, rlo, rhi, cu, Su1..Su4, c
 def available() -> bool:
     """True when numba imports and the kernels compile (compiled once, then cached on disk)."""
     try:
-        _kernels()
+        _warm_up()
     except Exception as e:  # noqa: BLE001 - any failure means: use the torch path
         log.debug("fused CPU kernel unavailable (%s): using the torch path", e)
         return False
     return True
+
+
+def _warm_up() -> None:
+    """Load every kernel once on a tiny input (from numba's disk cache: ~0.3 s the first time in a
+    process, compiling ~5 s the first time ever), so no worker thread waits on the compiler."""
+    from adamscope.readers.base import HyperParams
+    from adamscope.stats.adam import coefficients
+
+    k = coefficients(HyperParams(beta1=0.9, beta2=0.95, eps=1e-8), 10.0)
+    x = np.linspace(-1.0, 1.0, 64, dtype=np.float32)
+    v = x * x
+    n_log = (LOG_HI - LOG_LO) * 20
+    hists = tuple(np.zeros(s, np.int64) for s in (66, 66, n_log + 2, n_log + 2, n_log + 2))
+    fold(x, v, v, k, hists, 64, 20, 1e-20)
+    sample_ur(x, v, np.arange(0, 64, 3), k)
+    sort_f32_to_f64(x)
 
 
 def ceil_f32_bits(edges: np.ndarray) -> np.ndarray:
@@ -59,7 +75,7 @@ def ceil_f32_bits(edges: np.ndarray) -> np.ndarray:
     return f.view(np.int32)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # 0.5 MB each; one per distinct step in a checkpoint
 def log_tables(
     bpd: int, scale: float = 1.0, power: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -153,6 +169,11 @@ def sample_ur(
     flags = np.array([int(k.convention == "paper"), int(k.eps_inside_sqrt)], dtype=np.int64)
     kern.ur_tile(sm, sd, u, r, n, coefficient_array(k, 2, None), flags[0] != 0, flags[1] != 0)
     return keep, u, r
+
+
+def sort_f32_to_f64(x: np.ndarray) -> np.ndarray:
+    """A contiguous float32 array sorted ascending, as float64 (radix sort, nogil)."""
+    return _kernels().sort_f32_to_f64(x)
 
 
 @functools.cache

@@ -173,7 +173,9 @@ class TensorSketch:
         if self.sample_u.size <= k:
             return self.sample_u, self.sample_r
         rng = np.random.default_rng([self.cfg.seed, name_key(self.name), 1])
-        keep = np.sort(rng.choice(self.sample_u.size, size=k, replace=False))
+        # drop a uniform subset of the (few) extra points: the rest is a uniform k-subset
+        keep = np.ones(self.sample_u.size, bool)
+        keep[rng.choice(self.sample_u.size, size=self.sample_u.size - k, replace=False)] = False
         return self.sample_u[keep], self.sample_r[keep]
 
     def dips(self) -> tuple[float, float, float, float, int]:
