@@ -245,10 +245,12 @@ class _BlobTensor:
         self.numel = math.prod(self.shape)
 
     def read(self, start: int, stop: int) -> Any:
-        """Elements [start, stop) of the chunk in flat order, as a new 1-D tensor."""
+        """Elements [start, stop) of the chunk in flat order, as a 1-D tensor (see buffers.empty)."""
         import torch
 
-        out = torch.empty(max(0, stop - start), dtype=self.torch_dtype)
+        from adamscope.readers import buffers
+
+        out = buffers.empty(max(0, stop - start), self.torch_dtype)
         if stop <= start:
             return out
         buf = memoryview(out.view(torch.uint8).numpy()).cast("B")

@@ -186,12 +186,13 @@ class LazyTensor:
         return start
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        """Elements [start, stop) in flat row-major order: a new 1-D tensor of the stored dtype."""
-        import torch
+        """Elements [start, stop) in flat row-major order: a 1-D tensor of the stored dtype (its
+        memory may come from `buffers`' pool: it is not shared with anything still in use)."""
+        from adamscope.readers import buffers
 
         n = self.numel
         start, stop = max(0, start), min(stop, n)
-        out = torch.empty(max(0, stop - start), dtype=self.dtype)
+        out = buffers.empty(max(0, stop - start), self.dtype)
         if stop <= start:
             return out
         base = self._check_bounds()

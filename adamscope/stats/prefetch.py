@@ -6,11 +6,12 @@ Two layers, each with one background thread and a queue of depth one:
   reduced; `summarize` uses it for tensors of more than one chunk.
 * `TensorPrefetch` reads the next tensor while the current one is summarised, so a checkpoint of
   many small tensors (most of a transformer's) does not wait for the disk tensor by tensor. It
-  reads at most two chunks of a tensor; a longer tensor is handed over with its generator, and the
+  reads one chunk of each tensor; a longer tensor is handed over with its generator, and the
   thread waits until the consumer asks for the next tensor before it touches the reader again, so
   a reader is never used by two threads at once.
 
-Memory: at most one tensor queued (up to two chunks), the one being reduced, and the one being read.
+Memory: one chunk queued, the one being reduced and the one being read (per layer: the two never
+run at once), each chunk released as soon as the engine moves past it.
 Errors are re-raised in the consumer's thread, where they would have happened without read-ahead:
 an error reading a tensor's chunks surfaces when the engine iterates them.
 """
@@ -158,13 +159,17 @@ class TensorPrefetch(_Worker):
                         self._cond.wait(0.1)
 
     def _read_ahead(self, ts: TensorState) -> tuple[TensorState, bool]:
+        """The tensor with its first chunk read; open-ended unless that was all of it."""
         n = self._n
         try:
             gen = converted(ts.chunks(n), self._device)
-            head = list(itertools.islice(gen, 2))
+            head = list(itertools.islice(gen, 1))
+            single = ts.piece is None and ts.numel <= n
+            if single:  # one chunk by its shape: check the reader agrees (reads nothing more)
+                head += list(itertools.islice(gen, 1))
         except Exception as e:  # noqa: BLE001 - raised again where the engine reads the chunks
             return replace(ts, chunks=_failing(e)), False
-        if len(head) < 2:
+        if single and len(head) <= 1:
             return replace(ts, chunks=_replay(head, n, ts.chunks)), False
         return replace(ts, chunks=_replay(head, n, ts.chunks, rest=gen)), True
 
@@ -197,7 +202,8 @@ def _replay(
             yield from original(size)
             return
         used = True
-        yield from head
+        while head:  # let go of each chunk once it is handed out
+            yield head.pop(0)
         if rest is not None:
             yield from rest
 
