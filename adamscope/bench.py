@@ -243,7 +243,11 @@ def _analyze(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
         import adamscope.readers.registry  # noqa: F401
         import adamscope.readers.torchzip  # noqa: F401
         import adamscope.stats.engine  # noqa: F401
+        from adamscope.stats import fused
 
+        # numba's import and the kernels' load from its disk cache (~0.6 s per process; a compile
+        # of ~5 s the first time ever): start-up, like the imports
+        fused.available()
         return Path(tempfile.mkdtemp(prefix="adamscope-bench-"))
     out = ctx
     try:

@@ -161,7 +161,9 @@ def from_key(key):
 
 
 @jit
-def fold(m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, counts):
+def fold(
+    m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, counts, spos, su, sr, sok
+):
     paper = flags[0] != 0
     inside = flags[1] != 0
     no_thr = flags[2] != 0
@@ -178,11 +180,13 @@ def fold(m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, cou
     idx = np.empty(TILE, np.int32)
     mmu = np.array([np.int32(0x7FFFFFFF), np.int32(-0x80000000)], np.int32)
     mmr = mmu.copy()
-    # the moment sums' shift: mean u and r over up to SHIFT_POINTS strided finite elements
-    stride = max(1, n // SHIFT_POINTS)
+    # the moment sums' shift: mean u and r of the block's first SHIFT_POINTS finite elements
+    # (contiguous: a strided pick costs a cache miss per point; float64 sums need no better shift)
     k = 0
-    for i in range(0, n, stride):
-        if k < TILE and np.isfinite(m[i]) and np.isfinite(v[i]) and np.isfinite(vd[i]):
+    for i in range(n):
+        if k == SHIFT_POINTS:
+            break
+        if np.isfinite(m[i]) and np.isfinite(v[i]) and np.isfinite(vd[i]):
             tm[k] = m[i]
             td[k] = vd[i]
             k += 1
@@ -194,6 +198,11 @@ def fold(m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, cou
     cu = cu / k if k else 0.0
     cr = cr / k if k else 0.0
     ok = bad = 0
+    j = 0
+    one_m = np.empty(1, np.float32)
+    one_d = np.empty(1, np.float32)
+    one_u = np.empty(1, np.float32)
+    one_r = np.empty(1, np.float32)
     for t0 in range(0, n, TILE):
         t1 = min(n, t0 + TILE)
         xm, xv, xd = m[t0:t1], v[t0:t1], vd[t0:t1]
@@ -204,6 +213,23 @@ def fold(m, v, vd, c, flags, hu, hr, hlu, hlr, hlv, tq, tabq, tv, tabv, acc, cou
             xm, xv, xd = tm, tvv, td
         ok += k
         ur_tile(xm, xd, tu, tr, k, c, paper, inside)
+        # the sample's points in this tile: u and r while they are in cache
+        while j < spos.size and spos[j] < t1:
+            p = spos[j] - t0
+            if k == t1 - t0:  # no element dropped: tile index = position
+                su[j] = tu[p]
+                sr[j] = tr[p]
+                sok[j] = True
+            else:
+                fin = np.isfinite(m[t0 + p]) and np.isfinite(v[t0 + p]) and np.isfinite(vd[t0 + p])
+                sok[j] = fin
+                if fin:
+                    one_m[0] = m[t0 + p]
+                    one_d[0] = vd[t0 + p]
+                    ur_tile(one_m, one_d, one_u, one_r, 1, c, paper, inside)
+                    su[j] = one_u[0]
+                    sr[j] = one_r[0]
+            j += 1
         sums_tile(xm, xv, xd, tu, tr, k, cu, cr, acc, thr, no_thr)
         minmax_tile(tu, k, mmu)
         minmax_tile(tr, k, mmr)

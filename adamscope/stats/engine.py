@@ -12,8 +12,10 @@ import contextlib
 import logging
 import math
 import os
+import queue
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -252,11 +254,20 @@ class _Folder:
         return sums, all(math.isfinite(x) for x in check)
 
     def block(
-        self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, has_vmax: bool, index: int = 0
+        self,
+        m: torch.Tensor,
+        v: torch.Tensor,
+        vd: torch.Tensor,
+        has_vmax: bool,
+        index: int = 0,
+        sample: tuple[np.ndarray, ...] | None = None,
     ) -> None:
-        """Fold block number `index`; m, v, vd are float32 1-D on the device, may hold NaN/Inf."""
+        """Fold block number `index`; m, v, vd are float32 1-D on the device, may hold NaN/Inf.
+
+        `sample` (fused path only): see `fused.fold`.
+        """
         if self.fused:
-            self._block_fused(m, v, vd, index)
+            self._block_fused(m, v, vd, index, sample)
             return
         t = self.torch
         sums, finite = self._sums(m, v, vd if has_vmax else None, self._buffers(m.numel())[2])
@@ -301,11 +312,20 @@ class _Folder:
         self.ns.append(n)
         self.order.append(index)
 
-    def _block_fused(self, m: torch.Tensor, v: torch.Tensor, vd: torch.Tensor, index: int) -> None:
+    def _block_fused(
+        self,
+        m: torch.Tensor,
+        v: torch.Tensor,
+        vd: torch.Tensor,
+        index: int,
+        sample: tuple[np.ndarray, ...] | None,
+    ) -> None:
         from adamscope.stats import fused
 
         arrays = [np.ascontiguousarray(x.numpy()) for x in (m, v, vd)]
-        row, n, bad = fused.fold(*arrays, self.k, self._np_hists, self.nb, self.bpd, self.below_thr)
+        row, n, bad = fused.fold(
+            *arrays, self.k, self._np_hists, self.nb, self.bpd, self.below_thr, sample
+        )
         self.nonfinite += bad
         if n:
             self.blocks.append(self.torch.from_numpy(row))
@@ -366,6 +386,11 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     big = cpu and min(total, cfg.chunk_elems) > block
     workers = max(1, _WORKERS or threads) if big else 1
     folders = [_Folder(k, cfg, device) for _ in range(workers)]
+    free: queue.SimpleQueue[_Folder] = queue.SimpleQueue()
+    for f in folders:
+        free.put(f)
+    inflight: deque[list[Future[None]]] = deque()
+    fused_samples: list[tuple[np.ndarray, ...]] = []
     base: int | None = None
     seen = 0
     n_blocks = 0
@@ -397,24 +422,37 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
                 bounds = [(n_blocks + j, s, s + block) for j, s in enumerate(range(0, n, block))]
                 n_blocks += len(bounds)
                 has_vmax = vmax is not None
-                if pool is None:
-                    for i, s, e in bounds:
-                        folders[0].block(m[s:e], v[s:e], vd[s:e], has_vmax, i)
-                else:
-                    futures = [
-                        pool.submit(
-                            _fold_blocks, folders[w], bounds[w::workers], m, v, vd, has_vmax
-                        )
-                        for w in range(workers)
-                    ]
                 g0 = base + start
                 idx = sampler.indices(g0, g0 + n)
-                if idx.size:
+                parts: list[Any] = [None] * len(bounds)
+                if idx.size and folders[0].fused:  # the kernel picks the sample up as it goes
+                    parts = _sample_parts(idx, g0, bounds, fused_samples)
+                elif idx.size:
                     samples.append(_sample(m, vd, idx, g0, k))
-                if pool is not None:
-                    for f in futures:
+                if pool is None:
+                    for (i, s, e), part in zip(bounds, parts, strict=True):
+                        folders[0].block(m[s:e], v[s:e], vd[s:e], has_vmax, i, part)
+                else:  # one task per block, any free worker: no worker idles behind a slow one
+                    inflight.append(
+                        [
+                            pool.submit(_fold_block, free, b, m, v, vd, has_vmax, part)
+                            for b, part in zip(bounds, parts, strict=True)
+                        ]
+                    )
+                while len(inflight) > 1:  # the next chunk's blocks queue behind this one's
+                    for f in inflight.popleft():
                         f.result()
+            while inflight:
+                for f in inflight.popleft():
+                    f.result()
     finally:
+        for fs in inflight:  # an error: let the queued blocks go
+            for f in fs:
+                f.cancel()
+        for fs in inflight:
+            for f in fs:
+                if not f.cancelled():
+                    f.exception()
         if toggle:
             torch.set_num_threads(threads)
         if chunks is not None:
@@ -425,6 +463,8 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
         )
     sk.numel = seen
     folders[0].finish(sk, folders[1:])
+    for idx, su, sr, ok in fused_samples:  # filled by the kernel, now that every block is done
+        samples.append((idx[ok], torch.from_numpy(su[ok]), torch.from_numpy(sr[ok])))
     if samples:
         sk.sample_idx = np.concatenate([s[0] for s in samples])
         sk.sample_u = torch.cat([s[1] for s in samples]).cpu().numpy()
@@ -432,17 +472,39 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     return sk
 
 
-def _fold_blocks(
-    folder: _Folder,
-    bounds: list[tuple[int, int, int]],
+def _sample_parts(
+    idx: np.ndarray, g0: int, bounds: list[tuple[int, int, int]], out: list[tuple[np.ndarray, ...]]
+) -> list[tuple[np.ndarray, ...]]:
+    """Output arrays for a chunk's sample (appended to `out`) and each block's share of them."""
+    rel = idx - g0
+    su = np.empty(idx.size, np.float32)
+    sr = np.empty(idx.size, np.float32)
+    ok = np.zeros(idx.size, np.bool_)
+    out.append((idx, su, sr, ok))
+    cuts = np.searchsorted(rel, [s for _, s, _ in bounds] + [bounds[-1][2]])
+    return [
+        (rel[a:b] - s, su[a:b], sr[a:b], ok[a:b])
+        for (_, s, _), a, b in zip(bounds, cuts[:-1], cuts[1:], strict=True)
+    ]
+
+
+def _fold_block(
+    free: queue.SimpleQueue[_Folder],
+    bound: tuple[int, int, int],
     m: torch.Tensor,
     v: torch.Tensor,
     vd: torch.Tensor,
     has_vmax: bool,
+    sample: tuple[np.ndarray, ...] | None = None,
 ) -> None:
-    with folder.torch.no_grad():
-        for i, s, e in bounds:
-            folder.block(m[s:e], v[s:e], vd[s:e], has_vmax, i)
+    """Fold one block with whichever folder is free (a folder is used by one thread at a time)."""
+    i, s, e = bound
+    folder = free.get()
+    try:
+        with folder.torch.no_grad():
+            folder.block(m[s:e], v[s:e], vd[s:e], has_vmax, i, sample)
+    finally:
+        free.put(folder)
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None

@@ -131,11 +131,15 @@ def fold(
     nb: int,
     bpd: int,
     below_thr: float | None,
+    sample: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """Fold one block of float32 1-D arrays; returns (scalars[18], finite count, non-finite count).
 
     `hists` = (u, r, log10_abs_u, log10_abs_r, log10_sqrt_vhat) int64 arrays, updated in place.
     The scalars are those of the finite elements (in the layout described at N_SCALARS).
+    `sample` = (positions in the block: sorted int64 in [0, len(m)); u, r float32 and ok bool
+    arrays as long): the kernel fills u and r at those positions while their tile is in cache, and
+    ok (False where m, v or vd is not finite there).
     """
     kern = _kernels().fold
     tq, tabq, sq = log_tables(bpd)
@@ -147,8 +151,15 @@ def fold(
     )
     out = np.zeros(N_SCALARS, np.float64)
     counts = np.zeros(2, np.int64)
-    kern(m, v, vd, coef, flags, *hists, tq, tabq, tv, tabv, out, counts)
+    if sample is None:
+        sample = (_NO_POS, _NO_F32, _NO_F32, _NO_OK)
+    kern(m, v, vd, coef, flags, *hists, tq, tabq, tv, tabv, out, counts, *sample)
     return out, int(counts[0]), int(counts[1])
+
+
+_NO_POS = np.zeros(0, np.int64)
+_NO_F32 = np.zeros(0, np.float32)
+_NO_OK = np.zeros(0, np.bool_)
 
 
 def sample_ur(
