@@ -103,9 +103,14 @@ def test_amsgrad_vmax_shape_disagrees(tmp_path: Path) -> None:
     _one_error(path, tmp_path, str(path), "max_exp_avg_sq (5,)")
 
 
-def test_negative_v_is_corrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "v",
+    [[1.0, 2, -3, 4, 5, 6], [float("nan"), 2, -3, 4, 5, 6]],  # a NaN must not hide the negative
+    ids=["negative", "negative-after-nan"],
+)
+def test_negative_v_is_corrupt(tmp_path: Path, v: list[float]) -> None:
     path = tmp_path / "neg.pt"
-    torch.save(_adam_sd(6, exp_avg_sq=torch.tensor([1.0, 2, -3, 4, 5, 6])), path)
+    torch.save(_adam_sd(6, exp_avg_sq=torch.tensor(v)), path)
     _one_error(path, tmp_path, str(path), "exp_avg_sq has negative entries")
 
 
