@@ -7,8 +7,8 @@ Two layers, each with one background thread and a queue of depth one:
 * `TensorPrefetch` reads the next tensor while the current one is summarised, so a checkpoint of
   many small tensors (most of a transformer's) does not wait for the disk tensor by tensor. It
   reads one chunk of each tensor; a longer tensor is handed over with its generator, and the
-  thread waits until the consumer asks for the next tensor before it touches the reader again, so
-  a reader is never used by two threads at once.
+  thread waits until the consumer has read that tensor's last chunk (or asks for the next tensor)
+  before it touches the reader again, so a reader is never used by two threads at once.
 
 Memory: one chunk queued, the one being reduced and the one being read (per layer: the two never
 run at once), each chunk released as soon as the engine moves past it.
@@ -150,16 +150,17 @@ class TensorPrefetch(_Worker):
                 if not self.put(ts):
                     return
                 continue
-            item, open_ended = self._read_ahead(ts)
+            item, read_out = self._read_ahead(ts)
             if not self.put(item):
                 return
-            if open_ended:  # the consumer reads the rest: wait until it asks for tensor i + 1
-                with self._cond:
-                    while self._asked <= i + 1 and not self._stop.is_set():
-                        self._cond.wait(0.1)
+            if read_out is not None:  # the consumer reads the rest: wait until it has read it
+                with self._cond:  # all, or asks for tensor i + 1 (it may stop early on an error)
+                    while not (self._asked > i + 1 or read_out.is_set() or self._stop.is_set()):
+                        self._cond.wait(0.05)
 
-    def _read_ahead(self, ts: TensorState) -> tuple[TensorState, bool]:
-        """The tensor with its first chunk read; open-ended unless that was all of it."""
+    def _read_ahead(self, ts: TensorState) -> tuple[TensorState, threading.Event | None]:
+        """The tensor with its first chunk read, and for a longer one an event set once the
+        consumer has read its last chunk (then this thread may use the reader again)."""
         n = self._n
         try:
             gen = converted(ts.chunks(n), self._device)
@@ -168,10 +169,18 @@ class TensorPrefetch(_Worker):
             if single:  # one chunk by its shape: check the reader agrees (reads nothing more)
                 head += list(itertools.islice(gen, 1))
         except Exception as e:  # noqa: BLE001 - raised again where the engine reads the chunks
-            return replace(ts, chunks=_failing(e)), False
+            return replace(ts, chunks=_failing(e)), None
         if single and len(head) <= 1:
-            return replace(ts, chunks=_replay(head, n, ts.chunks)), False
-        return replace(ts, chunks=_replay(head, n, ts.chunks, rest=gen)), True
+            return replace(ts, chunks=_replay(head, n, ts.chunks)), None
+        read_out = threading.Event()
+
+        def rest() -> Iterator[Chunk]:
+            yield from gen
+            read_out.set()
+            with self._cond:
+                self._cond.notify_all()
+
+        return replace(ts, chunks=_replay(head, n, ts.chunks, rest=rest())), read_out
 
     def __iter__(self) -> Iterator[TensorState]:
         while True:
