@@ -173,9 +173,7 @@ class TensorSketch:
         if self.sample_u.size <= k:
             return self.sample_u, self.sample_r
         rng = np.random.default_rng([self.cfg.seed, name_key(self.name), 1])
-        # drop a uniform subset of the (few) extra points: the rest is a uniform k-subset
-        keep = np.ones(self.sample_u.size, bool)
-        keep[rng.choice(self.sample_u.size, size=self.sample_u.size - k, replace=False)] = False
+        keep = _uniform_subset(rng, self.sample_u.size, k)
         return self.sample_u[keep], self.sample_r[keep]
 
     def dips(self) -> tuple[float, float, float, float, int]:
@@ -298,6 +296,18 @@ class TensorSketch:
         )
 
 
+def _uniform_subset(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """A uniformly random k-subset of range(n), as a boolean mask: drawn as the n - k points to
+    drop when that is fewer (choosing without replacement costs in proportion to what is drawn)."""
+    keep = np.zeros(n, bool)
+    if k > n // 2:
+        keep[:] = True
+        keep[rng.choice(n, size=n - k, replace=False, shuffle=False)] = False
+    else:
+        keep[rng.choice(n, size=k, replace=False, shuffle=False)] = True
+    return keep
+
+
 def _rebin(counts: np.ndarray, src_half: float, dst_half: float) -> np.ndarray:
     """Move a linear histogram onto wider edges by bin centre (under/overflow stay put)."""
     nb = counts.size - 2
@@ -366,7 +376,7 @@ def combine_layer(sketches: list[TensorSketch], *, name: str | None = None) -> T
     for s, (su, sr), q in zip(sketches, samples, quotas, strict=True):
         if q < su.size:
             rng = np.random.default_rng([s.cfg.seed, name_key(s.name), 2, s.numel])
-            keep = rng.choice(su.size, size=q, replace=False)  # order is irrelevant to the dip
+            keep = _uniform_subset(rng, su.size, q)  # order is irrelevant to the dip
             su, sr = su[keep], sr[keep]
         us.append(su)
         rs.append(sr)
