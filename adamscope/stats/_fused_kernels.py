@@ -13,7 +13,9 @@ import numba as nb
 import numpy as np
 
 TILE = 4096  # elements per tile (measured: 1024 8.5, 2048 6.6-7.3, 4096 6.3-6.4, 8192 6.5 ns/elem)
-SHIFT_POINTS = 1024  # points averaged for the shift of the moment sums (<= TILE: they use its buffers)
+SHIFT_POINTS = (
+    1024  # points averaged for the shift of the moment sums (<= TILE: they use its buffers)
+)
 assert SHIFT_POINTS <= TILE
 
 
