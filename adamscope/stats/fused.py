@@ -1,7 +1,7 @@
 """The CPU engine's per-element work in one compiled pass (numba): u, r, sums, min/max, five histograms.
 
 `fold` folds a block of float32 (m, v, vd) into five int64 histograms and returns the block's
-scalars in the layout of the torch path (`engine._Folder.block`), so both paths share the float64
+scalars in the layout of the torch path (`folder.Folder.block`), so both paths share the float64
 merge. The block is walked in L1-sized tiles; per tile, each step is one simple loop that the
 compiler vectorises: u and r in float32 with torch's order of operations (IEEE, no fast-math), the
 sums in float64 (reassociated, so they vectorise), min/max on order-preserving integer keys. The

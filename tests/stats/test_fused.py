@@ -11,7 +11,7 @@ from _stats_helpers import sketch_of
 
 from adamscope.readers.base import HyperParams
 from adamscope.stats import fused
-from adamscope.stats.engine import _Sampler
+from adamscope.stats.sampler import Sampler
 from adamscope.stats.sketch import LOG_HI, LOG_LO
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not available")
@@ -115,7 +115,7 @@ def test_fused_and_torch_paths_agree(
 
 def test_sampler_is_a_bernoulli_process() -> None:
     total, k = 3_000_000, 65_536
-    s = _Sampler("w", total, k, seed=0)
+    s = Sampler("w", total, k, seed=0)
     idx = s.indices(0, total)
     p = k / total
     assert abs(idx.size - k) < 6 * math.sqrt(total * p * (1 - p))
@@ -129,5 +129,5 @@ def test_sampler_is_a_bernoulli_process() -> None:
     parts = np.concatenate(
         [s.indices(a, b) for a, b in ((0, 5), (5, 1_234_567), (1_234_567, total))]
     )
-    np.testing.assert_array_equal(parts, _Sampler("w", total, k, seed=0).indices(0, total))
-    assert not np.array_equal(idx, _Sampler("w", total, k, seed=1).indices(0, total))
+    np.testing.assert_array_equal(parts, Sampler("w", total, k, seed=0).indices(0, total))
+    assert not np.array_equal(idx, Sampler("w", total, k, seed=1).indices(0, total))
