@@ -17,7 +17,7 @@ histogram bins are found without a logarithm:
 numba is a dependency, but the path is optional: `available()` says whether it can run; without it
 (or with ADAMSCOPE_KERNEL=torch) the torch path does the same work, slower, binning a float32 log10
 instead of comparing with the edges. The two paths agree to an ulp or two in u and r: the kernel's
-sqrt is correctly rounded (as on CUDA), torch's CPU sqrt is not always (tests/stats/test_fused.py).
+sqrt is correctly rounded (IEEE, as numpy's), torch's CPU sqrt is not always (tests/stats/test_fused.py).
 """
 
 from __future__ import annotations

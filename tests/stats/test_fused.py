@@ -95,7 +95,7 @@ def test_fused_and_torch_paths_agree(
     for key in ("numel", "nonfinite", "zero_v"):
         assert ra[key] == rb[key], key
     # torch's CPU sqrt is not correctly rounded (~17% of float32 values 1 ulp off on this build);
-    # the kernel's is (as CUDA's): u and r may differ by an ulp or two, nothing more
+    # the kernel's is (IEEE, as numpy's): u and r may differ by an ulp or two, nothing more
     for key in ("u_min", "u_max", "r_min", "r_max"):
         assert ra[key] == pytest.approx(rb[key], rel=6e-7), key
     for key in ("u_std", "r_std", "grad_rms", "m_norm", "v_l1", "bc_u", "bc_r"):
