@@ -248,14 +248,10 @@ class Folder:
 def sample_chunk(
     m: torch.Tensor, vd: torch.Tensor, idx: np.ndarray, g0: int, k: AdamCoefficients
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """u and r at the sampled coordinates of a chunk (non-finite ones dropped)."""
+    """u and r at the sampled coordinates of a chunk (non-finite ones dropped), with torch ops (the
+    fused CPU path picks the sample up inside its kernel instead: `sample_parts`)."""
     import torch
 
-    if m.device.type == "cpu" and use_fused():
-        from adamscope.stats import fused
-
-        keep, u, r = fused.sample_ur(m.numpy(), vd.numpy(), idx - g0, k)
-        return (idx if keep.all() else idx[keep]), torch.from_numpy(u), torch.from_numpy(r)
     pos = torch.from_numpy(idx - g0).to(m.device)
     sm, sd = m[pos], vd[pos]
     ok = torch.isfinite(sm) & torch.isfinite(sd)

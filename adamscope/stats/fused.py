@@ -61,8 +61,9 @@ def _warm_up() -> None:
     v = x * x
     n_log = (LOG_HI - LOG_LO) * 20
     hists = tuple(np.zeros(s, np.int64) for s in (66, 66, n_log + 2, n_log + 2, n_log + 2))
-    fold(x, v, v, k, hists, 64, 20, 1e-20)
-    sample_ur(x, v, np.arange(0, 64, 3), k)
+    pos = np.arange(0, 64, 3, dtype=np.int64)
+    sample = (pos, np.empty(pos.size, np.float32), np.empty(pos.size, np.float32))
+    fold(x, v, v, k, hists, 64, 20, 1e-20, (*sample, np.zeros(pos.size, np.bool_)))
     sort_f32_to_f64(x)
 
 
@@ -160,26 +161,6 @@ def fold(
 _NO_POS = np.zeros(0, np.int64)
 _NO_F32 = np.zeros(0, np.float32)
 _NO_OK = np.zeros(0, np.bool_)
-
-
-def sample_ur(
-    m: np.ndarray, vd: np.ndarray, pos: np.ndarray, k: AdamCoefficients
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keep, u, r) at positions `pos` of a chunk: keep marks the finite (m, vd) pairs; u and r are
-    those of the kept ones (r = 0 where vd = 0), computed exactly as `fold` computes them."""
-    kern = _kernels()
-    n = pos.size
-    sm = m[pos]
-    sd = vd[pos]
-    keep = np.isfinite(sm) & np.isfinite(sd)
-    if not keep.all():
-        sm, sd = sm[keep], sd[keep]
-        n = sm.size
-    u = np.empty(n, np.float32)
-    r = np.empty(n, np.float32)
-    flags = np.array([int(k.convention == "paper"), int(k.eps_inside_sqrt)], dtype=np.int64)
-    kern.ur_tile(sm, sd, u, r, n, coefficient_array(k, 2, None), flags[0] != 0, flags[1] != 0)
-    return keep, u, r
 
 
 def sort_f32_to_f64(x: np.ndarray) -> np.ndarray:
