@@ -89,10 +89,10 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     """One streaming pass over `ts.chunks(cfg.chunk_elems)` -> the tensor's (or piece's) sketch.
 
     A reader thread fetches (and, on a GPU, copies) the next chunk while the current one is reduced.
-    On CPU the blocks of a chunk are shared out to `torch.get_num_threads()` worker threads, each
-    running torch single-threaded on its own buffers: on a busy machine OpenMP's barriers between
-    the threads of every small op cost more than the ops. The per-block scalars are merged in block
-    order, so the result does not depend on the number of workers.
+    On CPU the blocks of a chunk go, one task each, to as many worker threads as torch had (torch
+    itself single-threaded: on a busy machine OpenMP's barriers between the threads of every small
+    op cost more than the ops); each worker folds with its own `Folder`. The per-block scalars are
+    merged in block order, so the result does not depend on the number of workers.
 
     Raises:
         AdamscopeError: invalid hyper-parameters/step, or a reader that yields a different number
@@ -112,19 +112,15 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     big = cpu and min(total, cfg.chunk_elems) > block
     workers = max(1, _WORKERS or threads) if big else 1
     folders = [Folder(k, cfg, device) for _ in range(workers)]
-    free: queue.SimpleQueue[Folder] = queue.SimpleQueue()
-    for f in folders:
-        free.put(f)
-    inflight: deque[list[Future[None]]] = deque()
-    fused_samples: list[tuple[np.ndarray, ...]] = []
+    blocks = _Blocks(folders, _pool(workers) if workers > 1 else None)
+    fused_samples: list[tuple[np.ndarray, ...]] = []  # (idx, u, r, ok) the kernel fills in
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (idx, u, r)
     base: int | None = None
     seen = 0
     n_blocks = 0
-    samples: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
     warned = False
-    pool = _pool(workers) if workers > 1 else None
     chunks = ChunkPrefetch(ts.chunks(cfg.chunk_elems), device) if total > cfg.chunk_elems else None
-    toggle = threads > 1 and (pool is not None or cpu)
+    toggle = threads > 1 and cpu
     if toggle:
         torch.set_num_threads(1)
     try:
@@ -147,7 +143,6 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
                 seen += n
                 bounds = [(n_blocks + j, s, s + block) for j, s in enumerate(range(0, n, block))]
                 n_blocks += len(bounds)
-                has_vmax = vmax is not None
                 g0 = base + start
                 idx = sampler.indices(g0, g0 + n)
                 parts: list[Any] = [None] * len(bounds)
@@ -155,30 +150,10 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
                     parts = sample_parts(idx, g0, bounds, fused_samples)
                 elif idx.size:
                     samples.append(sample_chunk(m, vd, idx, g0, k))
-                if pool is None:
-                    for (i, s, e), part in zip(bounds, parts, strict=True):
-                        folders[0].block(m[s:e], v[s:e], vd[s:e], has_vmax, i, part)
-                else:  # one task per block, any free worker: no worker idles behind a slow one
-                    inflight.append(
-                        [
-                            pool.submit(_fold_block, free, b, m, v, vd, has_vmax, part)
-                            for b, part in zip(bounds, parts, strict=True)
-                        ]
-                    )
-                while len(inflight) > 1:  # the next chunk's blocks queue behind this one's
-                    for f in inflight.popleft():
-                        f.result()
-            while inflight:
-                for f in inflight.popleft():
-                    f.result()
+                blocks.submit(m, v, vd, vmax is not None, bounds, parts)
+            blocks.wait()
     finally:
-        for fs in inflight:  # an error: let the queued blocks go
-            for f in fs:
-                f.cancel()
-        for fs in inflight:
-            for f in fs:
-                if not f.cancelled():
-                    f.exception()
+        blocks.cancel()
         if toggle:
             torch.set_num_threads(threads)
         if chunks is not None:
@@ -189,13 +164,64 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
         )
     sk.numel = seen
     folders[0].finish(sk, folders[1:])
-    for idx, su, sr, ok in fused_samples:  # filled by the kernel, now that every block is done
-        samples.append((idx[ok], torch.from_numpy(su[ok]), torch.from_numpy(sr[ok])))
+    samples += [(idx[ok], su[ok], sr[ok]) for idx, su, sr, ok in fused_samples]
     if samples:
-        sk.sample_idx = np.concatenate([s[0] for s in samples])
-        sk.sample_u = torch.cat([s[1] for s in samples]).cpu().numpy()
-        sk.sample_r = torch.cat([s[2] for s in samples]).cpu().numpy()
+        sk.sample_idx, sk.sample_u, sk.sample_r = (
+            np.concatenate(x) for x in zip(*samples, strict=True)
+        )
     return sk
+
+
+class _Blocks:
+    """Hands a tensor's blocks to its folders: inline with one folder, else one pool task per block
+    folded by whichever folder is free (no worker idles behind a slow one), with at most two chunks'
+    blocks in flight (the next chunk's queue behind this one's)."""
+
+    def __init__(self, folders: list[Folder], pool: ThreadPoolExecutor | None) -> None:
+        self.folders = folders
+        self.pool = pool
+        self.free: queue.SimpleQueue[Folder] = queue.SimpleQueue()
+        for f in folders:
+            self.free.put(f)
+        self.inflight: deque[list[Future[None]]] = deque()
+
+    def submit(
+        self,
+        m: torch.Tensor,
+        v: torch.Tensor,
+        vd: torch.Tensor,
+        has_vmax: bool,
+        bounds: list[tuple[int, int, int]],
+        parts: list[Any],
+    ) -> None:
+        if self.pool is None:
+            for (i, s, e), part in zip(bounds, parts, strict=True):
+                self.folders[0].block(m[s:e], v[s:e], vd[s:e], has_vmax, i, part)
+            return
+        self.inflight.append(
+            [
+                self.pool.submit(_fold_block, self.free, b, m, v, vd, has_vmax, part)
+                for b, part in zip(bounds, parts, strict=True)
+            ]
+        )
+        self.wait(keep=1)
+
+    def wait(self, keep: int = 0) -> None:
+        """Until at most `keep` chunks' blocks are in flight; re-raises a block's error."""
+        while len(self.inflight) > keep:
+            for f in self.inflight.popleft():
+                f.result()
+
+    def cancel(self) -> None:
+        """After an error: drop the queued blocks and wait for the running ones."""
+        for fs in self.inflight:
+            for f in fs:
+                f.cancel()
+        for fs in self.inflight:
+            for f in fs:
+                if not f.cancelled():
+                    f.exception()
+        self.inflight.clear()
 
 
 def _fold_block(

@@ -247,7 +247,7 @@ class Folder:
 
 def sample_chunk(
     m: torch.Tensor, vd: torch.Tensor, idx: np.ndarray, g0: int, k: AdamCoefficients
-) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """u and r at the sampled coordinates of a chunk (non-finite ones dropped), with torch ops (the
     fused CPU path picks the sample up inside its kernel instead: `sample_parts`)."""
     import torch
@@ -259,7 +259,7 @@ def sample_chunk(
         sm, sd = sm[ok], sd[ok]
         idx = idx[ok.cpu().numpy()]
     u, r = update_and_ratio(sm, sd, k)
-    return idx, u, r
+    return idx, u.cpu().numpy(), r.cpu().numpy()
 
 
 def sample_parts(
