@@ -17,12 +17,12 @@ from typing import Any, Protocol
 import polars as pl
 
 from adamscope import __version__
-from adamscope.config import StatsConfig
-from adamscope.discovery import Found, discover
-from adamscope.distributed import Dist, current
+from adamscope.config import ReaderOptions, StatsConfig
 from adamscope.errors import AdamscopeError
-from adamscope.readers.base import ReaderOptions, TensorState
+from adamscope.pipeline.discovery import Found, discover
+from adamscope.pipeline.distributed import Dist, current
 from adamscope.tables import io
+from adamscope.vocab import TensorState
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,9 @@ def analyze_checkpoint(
     sketches travel to rank 0, which folds them in tensor order (the order one process uses, so the
     tables are the same) and returns the frames; the other ranks return None.
     """
-    from adamscope.checkpoint_tables import CheckpointTables, TensorMeta
     from adamscope.stats.engine import cpu_workers, resolve_device, summarize
     from adamscope.stats.prefetch import TensorPrefetch
+    from adamscope.tables.checkpoint import CheckpointTables, TensorMeta
 
     d = dist or Dist()
     cfg = options.stats
@@ -219,7 +219,7 @@ def _consecutive_gradients(
     found: list[tuple[str, Found]], tensors: Path, out: Path, options: AnalyzeOptions
 ) -> dict[str, Path]:
     """gradients.parquet for every pair of analysed checkpoints whose stored steps differ by 1."""
-    from adamscope.gradients import GradientOptions, pair_gradients
+    from adamscope.forensics import GradientOptions, pair_gradients
 
     step_of = dict(
         pl.read_parquet(tensors, columns=["checkpoint", "step"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Convention = Literal["torch", "paper"]
@@ -33,3 +34,15 @@ class StatsConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaderOptions:
+    """Options that affect how a checkpoint is read (not how it is analysed)."""
+
+    model: Path | None = None  # a model state_dict / folder to recover parameter names from
+    trust_pickle: bool = False  # DANGEROUS: allow arbitrary pickle globals
+    beta1: float | None = None  # for formats that do not store betas/eps (MLX)
+    beta2: float | None = None
+    eps: float | None = None
+    bias_correction: bool | None = None

@@ -12,7 +12,7 @@ import pytest
 
 from adamscope.api import AnalyzeOptions, analyze
 from adamscope.figures import write_heatmap
-from adamscope.layers import assign_layers
+from adamscope.tables.layers import assign_layers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from adamscope.api import AnalyzeOptions, analyze
-from adamscope.readers.base import ReaderOptions
+from adamscope.config import ReaderOptions
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

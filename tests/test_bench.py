@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from adamscope.bench import gpt_shapes, make_checkpoint, parse_count, run_bench
-from adamscope.config import StatsConfig
-from adamscope.readers.base import HyperParams, ReaderOptions
+from adamscope.config import ReaderOptions, StatsConfig
+from adamscope.perf.bench import gpt_shapes, make_checkpoint, parse_count, run_bench
 from adamscope.readers.nanogpt import NanoGPTReader
 from adamscope.stats.engine import summarize, tensor_state_from_tensors
+from adamscope.vocab import HyperParams
 
 
 def test_parse_count() -> None:

@@ -19,8 +19,7 @@ import pytest
 import torch
 
 from adamscope.errors import AdamscopeError
-from adamscope.forensics.lockstep import aligned
-from adamscope.gradients import (
+from adamscope.forensics import (
     DiffOptions,
     GradientOptions,
     diff,
@@ -30,7 +29,8 @@ from adamscope.gradients import (
     pair_gradients,
     write_gradients,
 )
-from adamscope.layers import assign_layers
+from adamscope.forensics.lockstep import aligned
+from adamscope.tables.layers import assign_layers
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 CONS = FIX / "consecutive"

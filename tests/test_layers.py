@@ -1,6 +1,6 @@
 """Layer assignment from parameter names, for the naming schemes of common model families."""
 
-from adamscope.layers import assign_layers
+from adamscope.tables.layers import assign_layers
 
 
 def test_gpt2_style_names_in_depth_order():

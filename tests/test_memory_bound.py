@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from adamscope.api import AnalyzeOptions, analyze_checkpoint
-from adamscope.discovery import discover
+from adamscope.pipeline.discovery import discover
 
 
 def test_many_tensors_in_few_layers_keep_memory_small(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Smoke tests of the proxy run (adamscope.proxy) and its analysis (adamscope.proxy_analysis)."""
+"""Smoke tests of the proxy run (adamscope.sim.proxy) and its analysis (experiments.proxy_analysis)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 import torch
 
-from adamscope.proxy import OnlineSpikes, ProxyConfig, run_proxy
-from adamscope.proxy_analysis import SignalOptions, evaluate, run_tables
+from adamscope.sim.proxy import OnlineSpikes, ProxyConfig, run_proxy
+from experiments.proxy_analysis import SignalOptions, evaluate, run_tables
 
 TINY = ProxyConfig(
     n_layer=1,

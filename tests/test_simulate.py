@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adamscope.errors import AdamscopeError
-from adamscope.simulate import Phase, default_schedule, expected_stage, simulate
+from adamscope.sim.section4 import Phase, default_schedule, expected_stage, simulate
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import time
 import numba as nb
 import numpy as np
 
-from adamscope.readers.base import HyperParams
 from adamscope.stats import fused
 from adamscope.stats.adam import coefficients
+from adamscope.vocab import HyperParams
 
 K = fused._kernels()
 STEPS = ("loop", "u and r", "sums", "min/max", "linear bins", "log |u|", "log |r|", "log v")

@@ -52,7 +52,7 @@ def norms_from_logs(tables: Tables) -> pl.DataFrame | None:
     names = g["name"].unique().to_list()
     unmapped = [n for n in names if n not in mapping and n not in known]
     if unmapped:
-        from adamscope.layers import assign_layers
+        from adamscope.tables.layers import assign_layers
 
         guessed = assign_layers(unmapped)
         log.warning(

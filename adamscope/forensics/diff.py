@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamscope.config import StatsConfig
+from adamscope.config import ReaderOptions, StatsConfig
 from adamscope.errors import AdamscopeError
 from adamscope.forensics.lockstep import (
     Side,
@@ -27,8 +27,8 @@ from adamscope.forensics.lockstep import (
     state_source,
     tensor_source,
 )
-from adamscope.layers import assign_layers
-from adamscope.readers.base import ReaderOptions, TensorState
+from adamscope.tables.layers import assign_layers
+from adamscope.vocab import TensorState
 
 if TYPE_CHECKING:
     import polars as pl
@@ -198,7 +198,7 @@ def layer_changes(run_dir: Path, *, options: DiffOptions | None = None) -> pl.Da
     """`diff` (without stages) of every neighbouring pair of checkpoints in a run folder."""
     import polars as pl
 
-    from adamscope.discovery import discover
+    from adamscope.pipeline.discovery import discover
 
     opts = options or DiffOptions()
     found = discover(Path(run_dir))

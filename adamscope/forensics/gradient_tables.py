@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from adamscope.errors import AdamscopeError
 from adamscope.forensics.lockstep import Side, open_side, side_of
 from adamscope.forensics.recover import GradientOptions, Sums, iter_pair, stats_row
-from adamscope.layers import assign_layers
+from adamscope.tables.layers import assign_layers
 
 if TYPE_CHECKING:
     import polars as pl
@@ -226,7 +226,7 @@ def exact_layer_grad_norms(
     """
     import polars as pl
 
-    from adamscope.discovery import discover
+    from adamscope.pipeline.discovery import discover
 
     opts = options or GradientOptions()
     found = discover(Path(run_dir))

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamscope.discovery import discover
+from adamscope.config import ReaderOptions
 from adamscope.errors import AdamscopeError, CorruptCheckpointError
-from adamscope.readers.base import ReaderOptions, TensorState
+from adamscope.pipeline.discovery import discover
+from adamscope.vocab import TensorState
 
 if TYPE_CHECKING:
     import torch

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import AdamscopeError
 from adamscope.forensics.lockstep import (
     Side,
@@ -31,7 +32,7 @@ from adamscope.forensics.lockstep import (
     tensor_source,
     unit_roundoff,
 )
-from adamscope.readers.base import ReaderOptions, TensorState
+from adamscope.vocab import TensorState
 
 if TYPE_CHECKING:
     import torch

@@ -6,15 +6,11 @@ torch.save zip file with lazy tensors and without executing anything from it.
 
 from __future__ import annotations
 
-from adamscope.readers.base import (
-    CheckpointInfo,
-    HyperParams,
-    Reader,
-    ReaderOptions,
-    TensorState,
-)
+from adamscope.config import ReaderOptions
+from adamscope.readers.base import Reader
 from adamscope.readers.registry import READERS, detect, open_checkpoint, register
 from adamscope.readers.torchzip import LazyTensor, load_lazy
+from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
 __all__ = [
     "READERS",

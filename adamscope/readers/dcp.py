@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import (
     AdamscopeError,
     CorruptCheckpointError,
@@ -31,9 +32,10 @@ from adamscope.errors import (
     UnsafePickleError,
     UnsupportedFormatError,
 )
-from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState, child_path
+from adamscope.readers.base import child_path
 from adamscope.readers.torch_optim import hyper_params
 from adamscope.readers.torchzip import _check_memo
+from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
 

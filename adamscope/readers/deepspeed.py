@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
-from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
 from adamscope.readers.naming import is_tensor_like, strip_compile_prefix
 from adamscope.readers.torch_optim import check_adam, hyper_params
+from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, NamingError, UnsupportedFormatError
-from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
+from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
 

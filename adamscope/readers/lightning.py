@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NotAdamError, UnsupportedFormatError
-from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
 from adamscope.readers.naming import model_entries
 from adamscope.readers.torch_optim import (
     check_adam,
@@ -24,6 +24,7 @@ from adamscope.readers.torch_optim import (
     names_from_model,
     optim_info,
 )
+from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from adamscope.readers.base import CheckpointInfo, ReaderOptions, TensorState
+from adamscope.config import ReaderOptions
 from adamscope.readers.naming import is_tensor_like, model_entries
 from adamscope.readers.torch_optim import (
     is_optim_state_dict,
@@ -22,6 +22,7 @@ from adamscope.readers.torch_optim import (
     names_from_model,
     optim_info,
 )
+from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
 

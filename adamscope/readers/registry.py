@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
-from adamscope.readers.base import Reader, ReaderOptions
+from adamscope.readers.base import Reader
 
 READERS: list[type[Reader]] = []
 # file names that are checkpoints when they are files (an empty or cut-off one is corrupt, not foreign)

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsupportedFormatError
-from adamscope.readers.base import CheckpointInfo, HyperParams, ReaderOptions, TensorState
+from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
 log = logging.getLogger(__name__)
 

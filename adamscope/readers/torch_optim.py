@@ -14,13 +14,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import (
     CorruptCheckpointError,
     NamingError,
     NotAdamError,
     UnsupportedFormatError,
 )
-from adamscope.readers.base import CheckpointInfo, HyperParams, ReaderOptions, TensorState
 from adamscope.readers.naming import (
     align_names,
     is_tensor_like,
@@ -28,6 +28,7 @@ from adamscope.readers.naming import (
     parameter_candidates,
     strip_compile_prefix,
 )
+from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def demo(out_dir: Path, *, seed: int = 0) -> Path:
     from adamscope.api import AnalyzeOptions, analyze
     from adamscope.logs import write_logs
     from adamscope.report.render import write_report
-    from adamscope.simulate import simulate
+    from adamscope.sim.section4 import simulate
 
     out_dir = Path(out_dir)
     run_dir = out_dir / "run"

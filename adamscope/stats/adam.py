@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from adamscope.config import Convention
 from adamscope.errors import AdamscopeError
-from adamscope.readers.base import HyperParams
+from adamscope.vocab import HyperParams
 
 if TYPE_CHECKING:
     import torch

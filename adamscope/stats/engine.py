@@ -22,7 +22,6 @@ import numpy as np
 
 from adamscope.config import StatsConfig
 from adamscope.errors import AdamscopeError
-from adamscope.readers.base import HyperParams, TensorState
 from adamscope.stats.adam import (
     coefficients,
 )
@@ -30,6 +29,7 @@ from adamscope.stats.folder import Folder, sample_chunk, sample_parts
 from adamscope.stats.prefetch import ChunkPrefetch, converted
 from adamscope.stats.sampler import Sampler
 from adamscope.stats.sketch import TensorSketch, combine_layer
+from adamscope.vocab import HyperParams, TensorState
 
 if TYPE_CHECKING:
     import torch

@@ -53,8 +53,8 @@ def available() -> bool:
 def _warm_up() -> None:
     """Load every kernel once on a tiny input (from numba's disk cache: ~0.3 s the first time in a
     process, compiling ~5 s the first time ever), so no worker thread waits on the compiler."""
-    from adamscope.readers.base import HyperParams
     from adamscope.stats.adam import coefficients
+    from adamscope.vocab import HyperParams
 
     k = coefficients(HyperParams(beta1=0.9, beta2=0.95, eps=1e-8), 10.0)
     x = np.linspace(-1.0, 1.0, 64, dtype=np.float32)

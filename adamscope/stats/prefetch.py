@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from adamscope.readers.base import TensorState
+from adamscope.vocab import TensorState
 
 if TYPE_CHECKING:
     import torch

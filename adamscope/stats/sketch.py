@@ -17,7 +17,7 @@ import numpy as np
 
 from adamscope.config import StageThresholds, StatsConfig
 from adamscope.errors import AdamscopeError
-from adamscope.readers.base import HyperParams
+from adamscope.vocab import HyperParams
 
 # Log-magnitude histograms cover 1e-45 .. 1e39 so every finite non-zero float32 magnitude falls in a
 # bin; their underflow bin therefore holds exactly the zeros and their overflow bin stays empty.

@@ -13,9 +13,9 @@ import diptest
 import numpy as np
 import torch
 
-from adamscope.layers import assign_layers
 from adamscope.logs import write_logs
 from adamscope.tables import io
+from adamscope.tables.layers import assign_layers
 
 THRESHOLDS = {"suppression": 0.5, "dip": 0.01, "dip_p": 0.01, "min_numel": 1000}
 

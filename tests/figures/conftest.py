@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from adamscope.simulate import simulate
+from adamscope.sim.section4 import simulate
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from adamscope.figures import write_figures, write_heatmap
 from adamscope.logs import write_logs
-from adamscope.simulate import default_schedule, expected_stage, simulate
+from adamscope.sim.section4 import default_schedule, expected_stage, simulate
 
 
 def test_simulate_analyze_figures(tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def _analyze_with(reader: type, path: Path) -> None:
     """What analyze does with a checkpoint of a family the registry does not detect (yet)."""
     from adamscope.api import AnalyzeOptions, analyze_checkpoint
     from adamscope.config import StatsConfig
-    from adamscope.discovery import Found
+    from adamscope.pipeline.discovery import Found
 
     opts = AnalyzeOptions(stats=StatsConfig(device="cpu", dip_sample=1024))
     analyze_checkpoint(Found(path, None, reader), rel=".", options=opts)

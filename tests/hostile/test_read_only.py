@@ -10,7 +10,7 @@ from _hostile_helpers import FIXTURES, cli, tree_hashes
 
 from adamscope.api import AnalyzeOptions, analyze_checkpoint
 from adamscope.config import StatsConfig
-from adamscope.discovery import Found
+from adamscope.pipeline.discovery import Found
 
 ANALYZED = [
     "torch/adam_names.pt",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from adamscope.readers.base import TensorState
+from adamscope.vocab import TensorState
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 HP_KEYS = ("beta1", "beta2", "eps", "lr", "weight_decay")
@@ -87,7 +87,7 @@ def assert_matches(ts: TensorState, expected: dict[str, Any], *, chunk: int = 37
 
 _STREAM_RSS = """
 import importlib, json, resource, sys
-from adamscope.readers.base import ReaderOptions
+from adamscope.config import ReaderOptions
 module, cls, path, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 reader = getattr(importlib.import_module(module), cls)(path, options=ReaderOptions())
 ts = next(reader.iter_tensors())

@@ -19,8 +19,8 @@ import pytest
 import torch
 from _truth_helpers import FIXTURES, assert_matches, load_truth, stream, stream_rss
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NotAdamError, UnsafePickleError, UnsupportedFormatError
-from adamscope.readers.base import ReaderOptions
 from adamscope.readers.dcp import DCPReader, read_metadata
 
 FAMILY = FIXTURES / "dcp"

@@ -20,8 +20,8 @@ import pytest
 import torch
 from _truth_helpers import FIXTURES, assert_matches, load_truth, stream, stream_rss
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsafePickleError
-from adamscope.readers.base import ReaderOptions
 from adamscope.readers.deepspeed import DeepSpeedReader, DeepSpeedUniversalReader
 from adamscope.readers.torchzip import load_lazy
 

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, NotAdamError, UnsupportedFormatError
-from adamscope.readers.base import ReaderOptions, TensorState
 from adamscope.readers.hf_trainer import (
     HFTrainerReader,
     _position_candidates,
     ambiguity_marker,
 )
+from adamscope.vocab import TensorState
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 FAMILY = FIXTURES / "hf_trainer"

@@ -11,8 +11,8 @@ import pytest
 import torch
 from _truth_helpers import FIXTURES, assert_matches, load_truth
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, NotAdamError
-from adamscope.readers.base import ReaderOptions
 from adamscope.readers.lightning import LightningReader
 
 FAMILY = FIXTURES / "lightning"

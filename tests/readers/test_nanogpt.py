@@ -13,8 +13,8 @@ import pytest
 import torch
 from _truth_helpers import FIXTURES, assert_matches, load_truth
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError
-from adamscope.readers.base import ReaderOptions
 from adamscope.readers.nanogpt import NanoGPTReader
 
 FAMILY = FIXTURES / "nanogpt"

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NotAdamError, UnsupportedFormatError
-from adamscope.readers.base import ReaderOptions
 from adamscope.readers.safetensors_optim import SafetensorsOptimReader, flat_slices
 
 FAMILY = FIXTURES / "mlx"

@@ -14,8 +14,8 @@ import pytest
 import torch
 from _truth_helpers import FIXTURES, assert_matches, load_truth, stream
 
+from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, NotAdamError, UnsupportedFormatError
-from adamscope.readers.base import ReaderOptions
 from adamscope.readers.torch_optim import TorchOptimReader, iter_adam_states
 from adamscope.readers.torchzip import InMemoryTensor, load_lazy
 

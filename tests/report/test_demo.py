@@ -9,7 +9,7 @@ import pytest
 
 from adamscope.errors import AdamscopeError
 from adamscope.report import advice, demo, model
-from adamscope.simulate import Phase, expected_stage
+from adamscope.sim.section4 import Phase, expected_stage
 
 
 def test_demo_report_tells_the_simulated_story(demo_report: Path) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from adamscope.config import StatsConfig
-from adamscope.readers.base import HyperParams
 from adamscope.stats.engine import summarize, tensor_state_from_tensors
 from adamscope.stats.sketch import TensorSketch
+from adamscope.vocab import HyperParams
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 STAT_KEYS = (

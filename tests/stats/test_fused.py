@@ -9,10 +9,10 @@ import pytest
 import torch
 from _stats_helpers import sketch_of
 
-from adamscope.readers.base import HyperParams
 from adamscope.stats import fused
 from adamscope.stats.sampler import Sampler
 from adamscope.stats.sketch import LOG_HI, LOG_LO
+from adamscope.vocab import HyperParams
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not available")
 HP = HyperParams(beta1=0.9, beta2=0.95, eps=1e-8)

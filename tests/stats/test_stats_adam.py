@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adamscope.errors import AdamscopeError
-from adamscope.readers.base import HyperParams
 from adamscope.stats.adam import coefficients, ratio_bound, update_and_ratio
+from adamscope.vocab import HyperParams
 
 B = (0.9, 0.95)
 

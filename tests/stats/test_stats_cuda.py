@@ -10,8 +10,8 @@ import torch
 from _stats_helpers import assert_matches, reference
 
 from adamscope.config import StatsConfig
-from adamscope.readers.base import HyperParams
 from adamscope.stats.engine import summarize, tensor_state_from_tensors
+from adamscope.vocab import HyperParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

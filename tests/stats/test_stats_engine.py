@@ -13,9 +13,9 @@ from _stats_helpers import assert_matches, reference, sketch_of
 
 from adamscope.config import StatsConfig
 from adamscope.errors import AdamscopeError
-from adamscope.readers.base import HyperParams, TensorState
 from adamscope.stats.engine import merge_layer, summarize, tensor_state_from_tensors
 from adamscope.stats.sketch import LOG_LO, TensorSketch
+from adamscope.vocab import HyperParams, TensorState
 
 HP = HyperParams(beta1=0.9, beta2=0.95, eps=1e-8, lr=1e-3, weight_decay=0.1)
 CPU = StatsConfig(device="cpu")

@@ -12,11 +12,11 @@ import torch
 from _stats_helpers import FIXTURES, assert_matches, sketch_of
 
 from adamscope.config import StageThresholds
-from adamscope.readers.base import HyperParams
 from adamscope.stats.bimodality import dip
 from adamscope.stats.engine import merge_layer
 from adamscope.stats.sketch import Moments
 from adamscope.stats.stages import classify
+from adamscope.vocab import HyperParams
 
 
 def _row(sup: float, dip_r: float, p: float, numel: int = 10_000) -> dict:

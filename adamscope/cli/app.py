@@ -67,7 +67,7 @@ def _run(fn: Any) -> Any:
 
 
 def _reader_options(model: Path | None, trust_pickle: bool, **kw: Any) -> Any:
-    from adamscope.readers.base import ReaderOptions
+    from adamscope.config import ReaderOptions
 
     if trust_pickle:
         log.warning(
@@ -163,9 +163,9 @@ def analyze(
     def go() -> None:
         from adamscope.api import AnalyzeOptions
         from adamscope.api import analyze as run_analyze
+        from adamscope.cli.progress import RichProgress
         from adamscope.config import StatsConfig
-        from adamscope.distributed import init_from_env, shutdown
-        from adamscope.progress import RichProgress
+        from adamscope.pipeline.distributed import init_from_env, shutdown
 
         d = init_from_env(device)
 
@@ -200,7 +200,7 @@ def analyze(
         shutdown()  # after success only: a failed rank must not wait for the others at a barrier
         if not d.is_main:
             return
-        from adamscope.summary import print_summary
+        from adamscope.cli.present import print_summary
 
         print_summary(result)
         if result.failures:
@@ -222,7 +222,7 @@ def inspect(
     _setup_logging(verbose)
 
     def go() -> None:
-        from adamscope.inspect import inspect_path
+        from adamscope.pipeline.inspect import inspect_path
 
         for line in inspect_path(path, options=_reader_options(model, trust_pickle)):
             typer.echo(line)
@@ -387,7 +387,7 @@ def simulate(
 
     def go() -> None:
         if proxy:
-            from adamscope.proxy import run_proxy
+            from adamscope.sim.proxy import run_proxy
 
             info = run_proxy(
                 out,
@@ -404,7 +404,7 @@ def simulate(
                 f"proxy run: {out} ({info.get('outcome', 'done')})  (next: adamscope analyze {out})"
             )
             return
-        from adamscope.simulate import simulate as run_simulate
+        from adamscope.sim.section4 import simulate as run_simulate
 
         path = run_simulate(
             out, n_layer=layers, n_affected=affected, save_every=save_every, eps=eps, seed=seed
@@ -470,7 +470,7 @@ def gradients(
     def go() -> None:
         import polars as pl
 
-        from adamscope.gradients import GradientOptions, write_gradients
+        from adamscope.forensics import GradientOptions, write_gradients
 
         opts = GradientOptions(
             reader=_reader_options(model, trust_pickle),
@@ -516,8 +516,8 @@ def diff(
     _setup_logging(0)
 
     def go() -> None:
-        from adamscope.gradients import DiffOptions
-        from adamscope.gradients import diff as run_diff
+        from adamscope.forensics import DiffOptions
+        from adamscope.forensics import diff as run_diff
 
         df = run_diff(
             a,
@@ -555,8 +555,8 @@ def moved_first(
     _setup_logging(0)
 
     def go() -> None:
-        from adamscope.gradients import DiffOptions
-        from adamscope.gradients import moved_first as run_moved_first
+        from adamscope.forensics import DiffOptions
+        from adamscope.forensics import moved_first as run_moved_first
 
         df = run_moved_first(
             run,
@@ -574,7 +574,7 @@ def moved_first(
 
 
 def _register_bench() -> None:
-    from adamscope.bench import bench_command
+    from adamscope.perf.bench import bench_command
 
     app.command("bench")(bench_command)
 

@@ -101,8 +101,8 @@ class CheckpointTables:
             self.pending[meta.name] = (first, merged, seen)
 
     def _finish(self, meta: TensorMeta, sk: Any) -> None:
-        from adamscope.layers import layer_key
         from adamscope.stats.engine import merge_layer
+        from adamscope.tables.layers import layer_key
 
         if meta.name in self.layer_of:
             raise AdamscopeError(
@@ -134,7 +134,7 @@ class CheckpointTables:
         self.layers[key] = (merge_layer(parts, name=label), n + 1)
 
     def frames(self) -> dict[str, pl.DataFrame]:
-        from adamscope.layers import assign_layers
+        from adamscope.tables.layers import assign_layers
 
         self.drain()
 

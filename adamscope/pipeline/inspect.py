@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from adamscope.discovery import discover
-from adamscope.readers.base import ReaderOptions
+from adamscope.config import ReaderOptions
+from adamscope.pipeline.discovery import discover
 
 
 def _size(n: float) -> str:

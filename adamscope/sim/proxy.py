@@ -273,7 +273,7 @@ def _batch(data: Any, cfg: ProxyConfig, gen: Any) -> tuple[Any, Any]:
 
 
 def _layer_names(model: Any) -> dict[str, str]:
-    from adamscope.layers import assign_layers
+    from adamscope.tables.layers import assign_layers
 
     names = [n for n, _ in model.named_parameters()]
     return {n: lo.layer for n, lo in assign_layers(names).items()}

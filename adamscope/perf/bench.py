@@ -172,8 +172,7 @@ def _peak_rss() -> int:
 def _floor(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
     import torch
 
-    from adamscope.config import StatsConfig
-    from adamscope.readers.base import ReaderOptions
+    from adamscope.config import ReaderOptions, StatsConfig
     from adamscope.readers.nanogpt import NanoGPTReader
     from adamscope.stats.engine import resolve_device
 
@@ -239,10 +238,10 @@ def _analyze(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
         import pyarrow  # noqa: F401
         import torch  # noqa: F401
 
-        import adamscope.layers  # noqa: F401
         import adamscope.readers.registry  # noqa: F401
         import adamscope.readers.torchzip  # noqa: F401
         import adamscope.stats.engine  # noqa: F401
+        import adamscope.tables.layers  # noqa: F401
         from adamscope.stats import fused
 
         # numba's import and the kernels' load from its disk cache (~0.6 s per process; a compile
@@ -265,7 +264,7 @@ def _measure(kind: str, ckpt: Path, device: str) -> dict[str, Any]:
     fd, out = tempfile.mkstemp(prefix="adamscope-bench-", suffix=".json")
     os.close(fd)
     try:
-        code = "import sys; from adamscope.bench import _child; _child(*sys.argv[1:])"
+        code = "import sys; from adamscope.perf.bench import _child; _child(*sys.argv[1:])"
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code, kind, str(ckpt), device, out],

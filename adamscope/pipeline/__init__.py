@@ -1,0 +1,1 @@
+"""Running an analysis: which checkpoints a path holds, torch.distributed, the per-checkpoint pipeline."""
