@@ -92,8 +92,8 @@ def diff_sides(a: Side, b: Side, *, options: DiffOptions) -> pl.DataFrame:
     """Per-layer relative changes from opened checkpoint `a` to `b` (stage columns not filled)."""
     import polars as pl
 
-    wa = model_weights(a.path) if options.weights else None
-    wb = model_weights(b.path) if options.weights else None
+    wa = model_weights(a) if options.weights else None
+    wb = model_weights(b) if options.weights else None
     names = list(dict.fromkeys(ts.name for ts in b.states.values()))
     layer_of = assign_layers(names)
     acc: dict[str, dict[str, list[float]]] = defaultdict(dict)

@@ -36,6 +36,7 @@ class Side:
 
     path: Path
     states: dict[Key, TensorState]
+    reader: Any = None  # the Reader that opened it (for `weights()`)
 
     @property
     def step(self) -> int | None:
@@ -63,14 +64,15 @@ def open_side(path: Path, *, options: ReaderOptions) -> Side:
 def side_of(path: Path, reader_cls: type, *, options: ReaderOptions) -> Side:
     """Collect the TensorStates of the checkpoint at `path` read with `reader_cls`."""
     states: dict[Key, TensorState] = {}
-    for ts in reader_cls(path, options=options).iter_tensors():
+    reader = reader_cls(path, options=options)
+    for ts in reader.iter_tensors():
         key = (ts.name, ts.piece[0] if ts.piece else 0)
         if key in states:
             raise CorruptCheckpointError(f"{path}: tensor '{ts.name}' appears twice")
         states[key] = ts
     if not states:
         raise AdamscopeError(f"{path}: holds no Adam state")
-    return Side(path, states)
+    return Side(path, states, reader)
 
 
 def state_source(ts: TensorState, n: int) -> Iterator[Piece]:
@@ -167,56 +169,8 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) / 2
 
 
-def model_weights(path: Path) -> dict[str, Any] | None:
-    """name -> lazy tensor of the model weights stored with the optimizer state, or None.
-
-    Knows single-file torch checkpoints holding a model state_dict (nanoGPT 'model', Lightning
-    'state_dict', ...) and folders with model.safetensors (HF Trainer). Names lose `_orig_mod.`.
-    """
-    from adamscope.errors import NamingError
-    from adamscope.readers.naming import model_entries
-    from adamscope.readers.torchzip import is_torch_zip, load_lazy
-
-    path = Path(path)
-    if path.is_file() and is_torch_zip(path):
-        try:
-            return dict(model_entries(load_lazy(path), source=str(path)))
-        except NamingError:
-            return None
-    if path.is_dir():
-        files = sorted(path.glob("model*.safetensors"))
-        if files:
-            return _safetensors_weights(files)
-    return None
-
-
-class _SafetensorsTensor:
-    """`read(start, stop)` in flat order over a safetensors entry, reading only the rows needed."""
-
-    def __init__(self, file: Path, name: str, shape: tuple[int, ...]) -> None:
-        self.file, self.name, self.shape = file, name, shape
-
-    def read(self, start: int, stop: int) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(self.file), framework="pt") as f:
-            if len(self.shape) == 0:
-                return f.get_tensor(self.name).reshape(-1)[start:stop]
-            row = math.prod(self.shape[1:])
-            r0, r1 = start // row, -(-stop // row)
-            block = f.get_slice(self.name)[r0:r1].reshape(-1)
-        return block[start - r0 * row : stop - r0 * row]
-
-
-def _safetensors_weights(files: list[Path]) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    from adamscope.readers.naming import strip_compile_prefix
-
-    out: dict[str, Any] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                shape = tuple(f.get_slice(name).get_shape())
-                out[strip_compile_prefix(name)] = _SafetensorsTensor(file, name, shape)
-    return out
+def model_weights(side: Side) -> dict[str, Any] | None:
+    """name -> lazy tensor (`shape`, `read(start, stop)`) of the model weights stored with the
+    optimizer state of an opened checkpoint, or None: the reader's optional `weights()`."""
+    fn = getattr(side.reader, "weights", None)
+    return fn() if fn is not None else None

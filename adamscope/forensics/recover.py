@@ -271,7 +271,7 @@ def _weights_for(a: Side, b: Side, options: GradientOptions) -> dict[str, Any] |
             "(AdamW); assuming decoupled, nothing subtracted where unknown",
             b.path,
         )
-    weights = model_weights(a.path)
+    weights = model_weights(a)
     if weights is None:
         raise AdamscopeError(
             f"{a.path}: loss_gradient needs the model weights theta_(t-1), but this checkpoint "

@@ -55,3 +55,7 @@ class Reader(Protocol):
     def iter_tensors(self) -> Iterator[TensorState]:
         """Yield the Adam state of each parameter tensor in model order, lazily."""
         ...
+
+    # Optional: `weights(self) -> dict[str, lazy tensor] | None`, the model weights stored with the
+    # optimizer state (name -> object with `shape` and `read(start, stop)` in flat order), for the
+    # forensics that need theta (diff, coupled weight decay). Readers without it hold no weights.

@@ -33,7 +33,7 @@ from adamscope.errors import (
     UnsupportedFormatError,
 )
 from adamscope.readers.base import child_path
-from adamscope.readers.torch_optim import hyper_params
+from adamscope.readers.optim_state import hyper_params
 from adamscope.readers.torchzip import _check_memo
 from adamscope.vocab import CheckpointInfo, TensorState
 

@@ -31,7 +31,7 @@ from typing import Any
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
 from adamscope.readers.naming import is_tensor_like, strip_compile_prefix
-from adamscope.readers.torch_optim import check_adam, hyper_params
+from adamscope.readers.optim_state import check_adam, hyper_params
 from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Each entry of `optimizer_states` is a plain torch optimizer state_dict whose ids follow the order of
 the parameters handed to it in configure_optimizers (usually LightningModule.parameters()). Names
-are aligned from the state_dict by shape and count (torch_optim.names_from_model) and a NamingError
+are aligned from the state_dict by shape and count (optim_state.names_from_model) and a NamingError
 is raised when more than one alignment fits. (A `.ckpt` *folder* is a DeepSpeed checkpoint, not
 ours.)
 """
@@ -17,7 +17,7 @@ from typing import Any
 from adamscope.config import ReaderOptions
 from adamscope.errors import NotAdamError, UnsupportedFormatError
 from adamscope.readers.naming import model_entries
-from adamscope.readers.torch_optim import (
+from adamscope.readers.optim_state import (
     check_adam,
     is_optim_state_dict,
     iter_adam_states,
@@ -44,7 +44,7 @@ class LightningReader:
 
     @classmethod
     def probe(cls, path: Path) -> bool:
-        from adamscope.readers.registry import peek_torch
+        from adamscope.readers.torchzip import peek_torch
 
         return _is_lightning(peek_torch(path))
 
@@ -88,6 +88,16 @@ class LightningReader:
         for e in errors:
             log.warning("skipping %s", e)
         return found
+
+    def weights(self) -> dict[str, Any] | None:
+        """The model state_dict stored beside the optimizer state (lazy tensors), or None."""
+        from adamscope.errors import NamingError
+        from adamscope.readers.naming import model_entries
+
+        try:
+            return dict(model_entries(self.tree, source=str(self.path)))
+        except NamingError:
+            return None
 
     def describe(self) -> CheckpointInfo:
         optimizers = self._optimizers()

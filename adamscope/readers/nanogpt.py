@@ -3,7 +3,7 @@
 nanoGPT's configure_optimizers puts parameters with dim >= 2 in group 0 and dim < 2 in group 1, each
 in named_parameters() order (which yields the tied lm_head.weight once, as transformer.wte.weight);
 keys may carry torch.compile's `_orig_mod.` prefix. Names are recovered from the model state_dict
-and checked against the optimizer's shapes (torch_optim.names_from_model); the same reader
+and checked against the optimizer's shapes (optim_state.names_from_model); the same reader
 serves any training script that saves {'model': ..., 'optimizer': ...}.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from adamscope.config import ReaderOptions
 from adamscope.readers.naming import is_tensor_like, model_entries
-from adamscope.readers.torch_optim import (
+from adamscope.readers.optim_state import (
     is_optim_state_dict,
     iter_adam_states,
     names_from_model,
@@ -47,7 +47,7 @@ class NanoGPTReader:
 
     @classmethod
     def probe(cls, path: Path) -> bool:
-        from adamscope.readers.registry import peek_torch
+        from adamscope.readers.torchzip import peek_torch
 
         return _split(peek_torch(path)) is not None
 
@@ -68,6 +68,16 @@ class NanoGPTReader:
                 expected="'model' + 'optimizer' state_dicts",
             )
         return self._tree
+
+    def weights(self) -> dict[str, Any] | None:
+        """The model state_dict stored beside the optimizer state (lazy tensors), or None."""
+        from adamscope.errors import NamingError
+        from adamscope.readers.naming import model_entries
+
+        try:
+            return dict(model_entries(self.tree, source=str(self.path)))
+        except NamingError:
+            return None
 
     def describe(self) -> CheckpointInfo:
         _, optim = _split(self.tree)  # type: ignore[misc]

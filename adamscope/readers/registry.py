@@ -6,10 +6,8 @@ path; the torch-file readers accept files only, most other families are folders)
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
-from typing import Any
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
@@ -56,23 +54,6 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
-
-
-def peek_torch(path: Path) -> Any:
-    """The structure of a torch zip file (unknown globals stubbed, no tensor data read), or None
-    when `path` is not a torch zip file. Cached, so that several probes unpickle it once."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    st = path.stat()
-    return _peek_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _peek_cached(path: str, mtime_ns: int, size: int) -> Any:
-    from adamscope.readers.torchzip import is_torch_zip, peek
-
-    return peek(path) if is_torch_zip(Path(path)) else None
 
 
 def detect(path: str | os.PathLike[str]) -> type[Reader]:
@@ -129,6 +110,8 @@ def describe_found(path: Path) -> str:
         names = sorted(p.name for p in path.iterdir())
         more = f", ... ({len(names)} entries)" if len(names) > 8 else ""
         return f"a folder holding {', '.join(names[:8]) or 'nothing'}{more}"
+    from adamscope.readers.torchzip import peek_torch
+
     tree = peek_torch(path)
     if isinstance(tree, dict) and tree and all(hasattr(v, "numel") for v in tree.values()):
         return (

@@ -13,10 +13,10 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsupportedFormatError
+from adamscope.readers.safetensors_io import read_flat
 from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
 log = logging.getLogger(__name__)
@@ -52,46 +52,6 @@ def _is_mlx_adam(keys: list[str]) -> bool:
     names = set(keys)
     moments = [k[: -len(".m")] for k in keys if k.endswith(".m")]
     return bool(moments) and all(f"{n}.v" in names for n in moments)
-
-
-def flat_slices(shape: tuple[int, ...], a: int, b: int) -> Iterator[tuple[slice, ...]]:
-    """Index tuples of boxes that together cover flat (row-major) elements [a, b) in order.
-
-    get_slice indexes per dimension; a flat range splits into at most a few boxes per dimension.
-    """
-    if not shape:
-        yield ()
-        return
-    if len(shape) == 1:
-        yield (slice(a, b),)
-        return
-    inner = math.prod(shape[1:])
-    r0, c0 = divmod(a, inner)
-    r1, c1 = divmod(b, inner)
-    if r0 == r1:
-        for rest in flat_slices(shape[1:], c0, c1):
-            yield (slice(r0, r0 + 1), *rest)
-        return
-    if c0:
-        for rest in flat_slices(shape[1:], c0, inner):
-            yield (slice(r0, r0 + 1), *rest)
-        r0 += 1
-    if r1 > r0:
-        yield (slice(r0, r1), *(slice(None),) * (len(shape) - 1))
-    if c1:
-        for rest in flat_slices(shape[1:], 0, c1):
-            yield (slice(r1, r1 + 1), *rest)
-
-
-def read_flat(handle: Any, name: str, shape: tuple[int, ...], a: int, b: int) -> Any:
-    """Flat elements [a, b) of tensor `name` through safe_open's lazy get_slice."""
-    import torch
-
-    if not shape:
-        return handle.get_tensor(name).reshape(1)[a:b]
-    sl = handle.get_slice(name)
-    parts = [sl[idx].reshape(-1) for idx in flat_slices(shape, a, b)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class SafetensorsOptimReader:

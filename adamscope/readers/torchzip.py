@@ -9,6 +9,7 @@ bounded by what the caller asks for.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -366,6 +367,21 @@ def load_lazy(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> An
 def peek(path: str | os.PathLike[str]) -> Any:
     """The object tree of a torch zip file with every unknown global stubbed (for format probes)."""
     return _unpickle(Path(path), stub_unknown=True)
+
+
+def peek_torch(path: Path) -> Any:
+    """The structure of a torch zip file (unknown globals stubbed, no tensor data read), or None
+    when `path` is not a torch zip file. Cached, so that several probes unpickle it once."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _peek_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _peek_cached(path: str, mtime_ns: int, size: int) -> Any:
+    return peek(path) if is_torch_zip(Path(path)) else None
 
 
 def _unpickle(path: Path, *, stub_unknown: bool) -> Any:

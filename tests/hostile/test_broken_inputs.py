@@ -198,7 +198,7 @@ def test_adam_and_adamw_are_not_mistaken_for_radam(cls: type, tmp_path: Path) ->
 def test_radam_without_torch_group_markers_cannot_be_told_apart() -> None:
     """Documented limit (docs/security.md): stripped of torch.optim's group keys, RAdam's state is
     Adam's state; it is read as Adam."""
-    from adamscope.readers.torch_optim import check_adam
+    from adamscope.readers.optim_state import check_adam
 
     sd = _stepped(torch.optim.RAdam)
     with pytest.raises(NotAdamError, match="RAdam"):

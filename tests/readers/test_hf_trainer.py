@@ -18,11 +18,8 @@ import pytest
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, NotAdamError, UnsupportedFormatError
-from adamscope.readers.hf_trainer import (
-    HFTrainerReader,
-    _position_candidates,
-    ambiguity_marker,
-)
+from adamscope.readers.hf_trainer import HFTrainerReader
+from adamscope.readers.naming.hf import _position_candidates, ambiguity_marker
 from adamscope.vocab import TensorState
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import NotAdamError, UnsupportedFormatError
-from adamscope.readers.safetensors_optim import SafetensorsOptimReader, flat_slices
+from adamscope.readers.safetensors_io import flat_slices
+from adamscope.readers.safetensors_optim import SafetensorsOptimReader
 
 FAMILY = FIXTURES / "mlx"
 TRUTH = load_truth("mlx")

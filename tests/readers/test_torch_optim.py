@@ -16,7 +16,8 @@ from _truth_helpers import FIXTURES, assert_matches, load_truth, stream
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, NotAdamError, UnsupportedFormatError
-from adamscope.readers.torch_optim import TorchOptimReader, iter_adam_states
+from adamscope.readers.optim_state import iter_adam_states
+from adamscope.readers.torch_optim import TorchOptimReader
 from adamscope.readers.torchzip import InMemoryTensor, load_lazy
 
 FAMILY = FIXTURES / "torch"
