@@ -13,6 +13,7 @@ from adamscope.config import ReaderOptions, StatsConfig
 from adamscope.perf.bench import gpt_shapes, make_checkpoint, parse_count, run_bench
 from adamscope.readers.nanogpt import NanoGPTReader
 from adamscope.stats.engine import summarize, tensor_state_from_tensors
+from adamscope.tables.rows import stats_row
 from adamscope.vocab import HyperParams
 
 
@@ -71,7 +72,7 @@ def test_threaded_engine_matches_one_thread() -> None:
         assert torch.get_num_threads() == 3  # restored
     finally:
         torch.set_num_threads(before)
-    assert one.row() == pytest.approx(three.row(), nan_ok=True)
+    assert stats_row(one) == pytest.approx(stats_row(three), nan_ok=True)
     assert one.mu == three.mu and one.mr == three.mr  # same blocks merged in the same order
     for q in one.hists:
         np.testing.assert_array_equal(one.hists[q], three.hists[q])

@@ -28,6 +28,8 @@ from adamscope.forensics.lockstep import (
     tensor_source,
 )
 from adamscope.tables.layers import assign_layers
+from adamscope.tables.rows import stats_row
+from adamscope.tables.schema import DIFF_QUANTITIES
 from adamscope.vocab import TensorState
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUANTITIES = ("m", "v", "u", "r", "weight")
+QUANTITIES = DIFF_QUANTITIES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,19 +136,10 @@ def diff_sides(a: Side, b: Side, *, options: DiffOptions) -> pl.DataFrame:
 
 
 def _schema() -> dict[str, Any]:
-    import polars as pl
+    """diff.parquet's columns before the stage columns are added (tables/schema.py: DIFF)."""
+    from adamscope.tables.io import polars_schema
 
-    cols: dict[str, Any] = {
-        "checkpoint_a": pl.Utf8,
-        "checkpoint_b": pl.Utf8,
-        "step_a": pl.Int64,
-        "step_b": pl.Int64,
-        "layer": pl.Utf8,
-        "depth": pl.Int64,
-        "n_tensors": pl.Int64,
-    }
-    cols.update({f"{q}_change": pl.Float64 for q in QUANTITIES})
-    return cols
+    return {k: v for k, v in polars_schema("diff").items() if not k.startswith("stage")}
 
 
 def layer_stages(side: Side, cfg: StatsConfig) -> dict[str, str | None]:
@@ -161,7 +154,9 @@ def layer_stages(side: Side, cfg: StatsConfig) -> dict[str, str | None]:
     groups: dict[str, list[Any]] = defaultdict(list)
     for name, sk in per_tensor.items():
         groups[layer_of[name].layer].append(sk)
-    return {layer: merge_layer(sks, name=layer).row()["stage"] for layer, sks in groups.items()}
+    return {
+        layer: stats_row(merge_layer(sks, name=layer))["stage"] for layer, sks in groups.items()
+    }
 
 
 def diff(a: Path, b: Path, *, options: DiffOptions | None = None) -> pl.DataFrame:
@@ -271,17 +266,10 @@ def moved_first(
                 "max_step": steps[imax],
             }
         )
-    schema = {
-        "layer": pl.Utf8,
-        "depth": pl.Int64,
-        "first_index": pl.Int64,
-        "first_step": pl.Int64,
-        "first_change": pl.Float64,
-        "median_change": pl.Float64,
-        "ratio": pl.Float64,
-        "max_change": pl.Float64,
-        "max_step": pl.Int64,
-    }
+    from adamscope.tables.io import polars_schema
+
+    schema = {"first_index": pl.Int64, **polars_schema("moved_first")}
+    del schema["rank"]  # numbered below, once sorted
     df = pl.DataFrame(rows, schema=schema).sort(
         ["first_index", "ratio"], descending=[False, True], nulls_last=True
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from adamscope.errors import AdamscopeError
 from adamscope.forensics.lockstep import Side, open_side, side_of
@@ -58,6 +58,8 @@ def gradients_of(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`pair_gradients` for two opened checkpoints."""
     import polars as pl
+
+    from adamscope.tables.io import polars_schema
 
     rows = list(iter_pair(a, b, options=options))
     if not rows:
@@ -116,8 +118,8 @@ def gradients_of(
         for layer, acc in sorted(layers.items(), key=lambda kv: kv[1]["depth"])
     ]
     return (
-        pl.DataFrame(tensors, schema=TENSOR_SCHEMA()),
-        pl.DataFrame(layer_rows, schema=LAYER_SCHEMA()),
+        pl.DataFrame(tensors, schema=polars_schema("gradient_tensors")),
+        pl.DataFrame(layer_rows, schema=polars_schema("gradient_layers")),
     )
 
 
@@ -137,68 +139,13 @@ def _pair_info(a: Side, b: Side, rows: list, options: GradientOptions) -> PairIn
     return PairInfo(a.path, b.path, a.step, b.step, window, window == 1)
 
 
-_STATS_SCHEMA = [
-    ("numel", "i64"),
-    ("grad_norm", "f64"),
-    ("grad_rms", "f64"),
-    ("window_grad_norm", "f64"),
-    ("grad_rms_vhat", "f64"),
-    ("update_grad_cos", "f64"),
-    ("g2_mismatch", "f64"),
-    ("g2_mismatch_floor", "f64"),
-    ("g2_negative_frac", "f64"),
-    ("consistent", "bool"),
-    ("nonfinite", "i64"),
-]
-_ID_SCHEMA = [
-    ("checkpoint", "str"),
-    ("prev_checkpoint", "str"),
-    ("step", "i64"),
-    ("prev_step", "i64"),
-    ("window", "i64"),
-    ("exact", "bool"),
-]
-
-
-def _schema(cols: list[tuple[str, str]]) -> dict[str, Any]:
-    import polars as pl
-
-    kinds = {"str": pl.Utf8, "i64": pl.Int64, "f64": pl.Float64, "bool": pl.Boolean}
-    return {name: kinds[k] for name, k in cols}
-
-
-def TENSOR_SCHEMA() -> dict[str, Any]:  # noqa: N802 - a constant, built lazily (polars import)
-    return _schema(
-        [
-            *_ID_SCHEMA,
-            ("tensor", "str"),
-            ("layer", "str"),
-            ("depth", "i64"),
-            ("grad_kind", "str"),
-            *_STATS_SCHEMA,
-        ]
-    )
-
-
-def LAYER_SCHEMA() -> dict[str, Any]:  # noqa: N802
-    return _schema(
-        [
-            *_ID_SCHEMA,
-            ("layer", "str"),
-            ("depth", "i64"),
-            ("n_tensors", "i64"),
-            ("grad_kind", "str"),
-            *_STATS_SCHEMA,
-        ]
-    )
-
-
 def write_gradients(a: Path, b: Path, out: Path, *, options: GradientOptions | None = None) -> Path:
     """Write `out`/gradients.parquet: the tensor rows and the layer rows of `pair_gradients`,
     told apart by `level` ('tensor' | 'layer'; `tensor` is null on layer rows). Returns the path."""
     import polars as pl
 
     from adamscope.tables.io import write_parquet
+    from adamscope.tables.schema import names
 
     tensors, layers = pair_gradients(a, b, options=options)
     df = pl.concat(
@@ -207,7 +154,7 @@ def write_gradients(a: Path, b: Path, out: Path, *, options: GradientOptions | N
             layers.with_columns(level=pl.lit("layer")),
         ],
         how="diagonal_relaxed",
-    ).select("level", *TENSOR_SCHEMA().keys(), "n_tensors")
+    ).select(names("gradients"))
     path = Path(out) / "gradients.parquet"
     write_parquet(df, path)
     return path

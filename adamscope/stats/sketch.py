@@ -138,7 +138,6 @@ class TensorSketch:
     sample_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sample_u: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     sample_r: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    _dip: tuple[float, float, float, float, int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.hists:
@@ -175,55 +174,6 @@ class TensorSketch:
         rng = np.random.default_rng([self.cfg.seed, name_key(self.name), 1])
         keep = _uniform_subset(rng, self.sample_u.size, k)
         return self.sample_u[keep], self.sample_r[keep]
-
-    def dips(self) -> tuple[float, float, float, float, int]:
-        """(dip_u, dip_r, p_u, p_r, n) on `dip_sample()`, computed once."""
-        if self._dip is None:
-            from adamscope.stats.bimodality import dip
-
-            su, sr = self.dip_sample()
-            du, pu = dip(su)
-            dr, pr = dip(sr)
-            self._dip = (du, dr, pu, pr, int(su.size))
-        return self._dip
-
-    def row(self) -> dict[str, Any]:
-        """The stats columns of tensors.parquet / layers.parquet (docs/tables.md)."""
-        from adamscope.stats.stages import classify
-
-        n = self.mu.n
-        nan = math.nan
-        u_rms, r_rms = self.mu.rms, self.mr.rms
-        du, dr, pu, pr, dn = self.dips()
-        row: dict[str, Any] = {
-            "numel": self.numel,
-            "u_mean": self.mu.mean if n else nan,
-            "u_std": self.mu.std,
-            "u_rms": u_rms,
-            "r_mean": self.mr.mean if n else nan,
-            "r_std": self.mr.std,
-            "r_rms": r_rms,
-            "suppression": u_rms / r_rms if n and r_rms > 0 else nan,
-            "grad_rms": math.sqrt(self.vhat_sum / n) if n else nan,
-            "frac_below_eps": self.below_eps / n if n else nan,
-            "m_norm": math.sqrt(self.m_sq),
-            "v_l1": self.v_sum,
-            "zero_v": self.zero_v,
-            "nonfinite": self.nonfinite,
-            "u_min": self.u_min if n else nan,
-            "u_max": self.u_max if n else nan,
-            "r_min": self.r_min if n else nan,
-            "r_max": self.r_max if n else nan,
-            "dip_u": du,
-            "dip_r": dr,
-            "dip_p_u": pu,
-            "dip_p_r": pr,
-            "dip_n": dn,
-            "bc_u": self.mu.bimodality_coefficient(),
-            "bc_r": self.mr.bimodality_coefficient(),
-        }
-        row["stage"] = classify(row, self.cfg.thresholds)
-        return row
 
     def edges(self, quantity: str) -> np.ndarray:
         """Inner bin edges of a histogram (the under/overflow bins lie outside them)."""

@@ -17,6 +17,7 @@ import polars as pl
 
 from adamscope.errors import AdamscopeError
 from adamscope.tables import io
+from adamscope.tables.rows import stats_row
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class CheckpointTables:
                 "eps": meta.hp.eps,
                 "lr": meta.hp.lr,
                 "weight_decay": meta.hp.weight_decay,
-                **sk.row(),
+                **stats_row(sk),
             }
         )
         if self.tensor_histograms:
@@ -157,7 +158,14 @@ class CheckpointTables:
         for key, (sk, n) in self.layers.items():
             layer, depth = label[key]
             l_rows.append(
-                {**ident, "step": step, "layer": layer, "depth": depth, "n_tensors": n, **sk.row()}
+                {
+                    **ident,
+                    "step": step,
+                    "layer": layer,
+                    "depth": depth,
+                    "n_tensors": n,
+                    **stats_row(sk),
+                }
             )
             hist.append(
                 _bins(sk).with_columns(

@@ -14,6 +14,12 @@ _INTRO = {
     "losses": "Training-log rows (trainer_state.json, TensorBoard, JSONL/CSV), when a log is found or given.",
     "grad_norms": "Per-layer gradient norms logged during training (TensorBoard scalars or JSONL keys "
     "matching `--layer-norm-pattern`), when present.",
+    "gradients": "Exact gradients of every pair of analysed checkpoints whose stored steps differ by one "
+    "(`analyze`), or of the pair given to `adamscope gradients A B`: one row per tensor (`level = "
+    "tensor`) and per layer. Formulas and the consistency check: docs/gradients.md.",
+    "diff": "`adamscope diff A B -o OUT`: per layer, the relative L2 change of each quantity from A to B.",
+    "moved_first": "`adamscope moved-first RUN -o OUT`: layers ranked by the first pair of neighbouring "
+    "checkpoints whose change exceeds k times the layer's own median change.",
 }
 
 

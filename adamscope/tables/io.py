@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from adamscope.tables.schema import TABLES
+from adamscope.tables.schema import columns
 
 # analyze's scratch folder inside OUT (api.PARTS): temp files go there when it exists, so that an
 # interrupted run (kill -9) never leaves anything but whole files beside the tables
@@ -53,12 +53,18 @@ def write_json(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_DTYPES = {"str": pl.Utf8, "i64": pl.Int64, "f64": pl.Float64}
+# The one map from the schema's dtype names to polars dtypes.
+DTYPES = {"str": pl.Utf8, "i64": pl.Int64, "u32": pl.UInt32, "f64": pl.Float64, "bool": pl.Boolean}
+
+
+def polars_schema(table: str) -> dict[str, Any]:
+    """{column: polars dtype} of a table (or of a part of one, schema.PARTS), in schema order."""
+    return {c.name: DTYPES[c.dtype] for c in columns(table)}
 
 
 def frame(table: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
     """Build a DataFrame with exactly the schema's columns and dtypes, in schema order."""
-    schema = {c.name: _DTYPES[c.dtype] for c in TABLES[table]}
+    schema = polars_schema(table)
     if not rows:
         return pl.DataFrame(schema=schema)
     cols = {name: [r.get(name) for r in rows] for name in schema}

@@ -133,14 +133,128 @@ GRAD_NORMS = [
     Column("source", "str", "where the row came from (file)"),
 ]
 
+_GRAD_ID = [
+    Column("checkpoint", "str", "path of B (the later checkpoint)"),
+    Column("prev_checkpoint", "str", "path of A"),
+    Column("step", "i64", "stored step of B (t)"),
+    Column("prev_step", "i64", "stored step of A"),
+    Column("window", "i64", "k = step - prev_step (1 with assume_consecutive)"),
+    Column("exact", "bool", "k == 1: the columns below are exact; else window estimates"),
+]
+_GRAD_STATS = [
+    Column("numel", "i64", "coordinates"),
+    Column("grad_norm", "f64", "exact: sqrt(sum g^2), g from m; window: sqrt(sum g2_win)"),
+    Column("grad_rms", "f64", "grad_norm / sqrt(numel - nonfinite)"),
+    Column(
+        "window_grad_norm",
+        "f64",
+        "sqrt(sum g_win^2): the norm of the EMA-weighted mean gradient over the window "
+        "(= grad_norm when exact)",
+    ),
+    Column("grad_rms_vhat", "f64", "sqrt(mean(v_hat)) of B: the usual EMA estimate"),
+    Column(
+        "update_grad_cos",
+        "f64",
+        "sum(u g) / sqrt(sum u^2 sum g^2), u of B (torch convention), g exact or g_win",
+    ),
+    Column("g2_mismatch", "f64", "||g1^2 - q1|| / ||q1||: g from m squared vs g^2 from v"),
+    Column("g2_mismatch_floor", "f64", "what rounding of the stored EMAs can explain of it"),
+    Column("g2_negative_frac", "f64", "share of coordinates whose g^2 from v is negative"),
+    Column(
+        "consistent",
+        "bool",
+        "g2_mismatch <= 3 x floor and no negative g^2: a genuine consecutive, unmodified pair",
+    ),
+    Column(
+        "nonfinite",
+        "i64",
+        "coordinates with a NaN/Inf in m, v (either checkpoint) or theta; excluded from every sum",
+    ),
+]
+_GRAD_KIND = Column(
+    "grad_kind",
+    "str",
+    "loss (gradient of the loss) | loss+wd (coupled Adam: includes wd*theta) | unknown (old "
+    "file, decayed tensor) | mixed (layer rows mixing kinds)",
+)
+GRADIENT_TENSORS = [
+    *_GRAD_ID,
+    Column("tensor", "str", "parameter name"),
+    Column("layer", "str", "embedding, block.<i>, head, other"),
+    Column("depth", "i64", "layer position in depth order"),
+    _GRAD_KIND,
+    *_GRAD_STATS,
+]
+GRADIENT_LAYERS = [
+    *_GRAD_ID,
+    Column("layer", "str", "layer name"),
+    Column("depth", "i64", "layer position in depth order"),
+    Column("n_tensors", "i64", "tensors merged into the layer row"),
+    _GRAD_KIND,
+    *_GRAD_STATS,
+]
+GRADIENTS = [
+    Column("level", "str", "'tensor' or 'layer'"),
+    *_GRAD_ID,
+    Column("tensor", "str", "parameter name (null on layer rows)"),
+    Column("layer", "str", "embedding, block.<i>, head, other"),
+    Column("depth", "i64", "layer position in depth order"),
+    _GRAD_KIND,
+    *_GRAD_STATS,
+    Column("n_tensors", "i64", "tensors merged into a layer row (null on tensor rows)"),
+]
+
+DIFF_QUANTITIES = ("m", "v", "u", "r", "weight")
+_CHANGE_DOC = {
+    "m": "relative L2 change ||X_B - X_A|| / ||X_A|| of the raw exp_avg",
+    "v": "of the raw exp_avg_sq",
+    "u": "of u, each checkpoint with its own step",
+    "r": "of r = m_hat / sqrt(v_hat), each with its own step",
+    "weight": "of the model weights stored with the optimizer state; null when absent",
+}
+DIFF = [
+    Column("checkpoint_a", "str", "path of A"),
+    Column("checkpoint_b", "str", "path of B"),
+    Column("step_a", "i64", "stored step of A"),
+    Column("step_b", "i64", "stored step of B"),
+    Column("layer", "str", "layer name"),
+    Column("depth", "i64", "layer position in depth order"),
+    Column("n_tensors", "i64", "tensors of the layer found in both"),
+    *[Column(f"{q}_change", "f64", _CHANGE_DOC[q]) for q in DIFF_QUANTITIES],
+    Column("stage_a", "str", "the layer's stage in A (null with stages off)"),
+    Column("stage_b", "str", "the layer's stage in B"),
+    Column("stage_changed", "bool", "stage_a != stage_b (nulls compare as values)"),
+]
+MOVED_FIRST = [
+    Column("rank", "u32", "1 = moved first"),
+    Column("layer", "str", "layer name"),
+    Column("depth", "i64", "layer position in depth order"),
+    Column("first_step", "i64", "step_b of the first pair above k x median (null: never)"),
+    Column("first_change", "f64", "the change at that pair"),
+    Column("median_change", "f64", "the layer's median change over the run"),
+    Column("ratio", "f64", "first_change / median_change"),
+    Column("max_change", "f64", "the largest change"),
+    Column("max_step", "i64", "where it happened (step_b)"),
+]
+
 TABLES = {
     "tensors": TENSORS,
     "layers": LAYERS,
     "histograms": HISTOGRAMS,
     "losses": LOSSES,
     "grad_norms": GRAD_NORMS,
+    "gradients": GRADIENTS,
+    "diff": DIFF,
+    "moved_first": MOVED_FIRST,
 }
+# Parts of a table built separately before they are stacked (gradients: tensor and layer rows).
+PARTS = {"gradient_tensors": GRADIENT_TENSORS, "gradient_layers": GRADIENT_LAYERS}
+
+
+def columns(table: str) -> list[Column]:
+    """The columns of a table (or of a part of one, see PARTS), in order."""
+    return TABLES[table] if table in TABLES else PARTS[table]
 
 
 def names(table: str) -> list[str]:
-    return [c.name for c in TABLES[table]]
+    return [c.name for c in columns(table)]

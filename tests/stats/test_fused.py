@@ -12,6 +12,7 @@ from _stats_helpers import sketch_of
 from adamscope.stats import fused
 from adamscope.stats.sampler import Sampler
 from adamscope.stats.sketch import LOG_HI, LOG_LO
+from adamscope.tables.rows import stats_row
 from adamscope.vocab import HyperParams
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="numba is not available")
@@ -91,7 +92,7 @@ def test_fused_and_torch_paths_agree(
         monkeypatch.setenv("ADAMSCOPE_KERNEL", kernel)
         sk[kernel] = sketch_of(m, v, hp, 77.0, cfg=cfg)
     a, b = sk["numba"], sk["torch"]
-    ra, rb = a.row(), b.row()
+    ra, rb = stats_row(a), stats_row(b)
     for key in ("numel", "nonfinite", "zero_v"):
         assert ra[key] == rb[key], key
     # torch's CPU sqrt is not correctly rounded (~17% of float32 values 1 ulp off on this build);

@@ -11,6 +11,7 @@ from _stats_helpers import assert_matches, reference
 
 from adamscope.config import StatsConfig
 from adamscope.stats.engine import summarize, tensor_state_from_tensors
+from adamscope.tables.rows import stats_row
 from adamscope.vocab import HyperParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -38,7 +39,7 @@ def test_cuda_matches_cpu_and_reference(hp: HyperParams, convention: str) -> Non
         cfg = StatsConfig(device=dev, convention=convention, chunk_elems=300_000)  # type: ignore[arg-type]
         ts = tensor_state_from_tensors("w", m, v, step=55.0, hp=hp, vmax=vmax)
         sks[dev] = summarize(ts, cfg)
-        rows[dev] = sks[dev].row()
+        rows[dev] = stats_row(sks[dev])
     ref = reference(m, v, hp, 55.0, vmax=vmax, convention=convention)
     assert_matches(rows["cuda"], ref)
     assert rows["cuda"]["zero_v"] == 100 and rows["cuda"]["nonfinite"] == 2

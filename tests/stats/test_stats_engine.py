@@ -15,6 +15,7 @@ from adamscope.config import StatsConfig
 from adamscope.errors import AdamscopeError
 from adamscope.stats.engine import merge_layer, summarize, tensor_state_from_tensors
 from adamscope.stats.sketch import LOG_LO, TensorSketch
+from adamscope.tables.rows import stats_row
 from adamscope.vocab import HyperParams, TensorState
 
 HP = HyperParams(beta1=0.9, beta2=0.95, eps=1e-8, lr=1e-3, weight_decay=0.1)
@@ -37,7 +38,7 @@ def _state(n: int, seed: int = 0, scale: float = 1e-3) -> tuple[torch.Tensor, to
 
 def test_random_state_matches_float64_reference() -> None:
     m, v = _state(300_000)
-    row = sketch_of(m, v, HP, 123.0).row()
+    row = stats_row(sketch_of(m, v, HP, 123.0))
     assert_matches(row, reference(m, v, HP, 123.0))
     assert 0.0 < row["suppression"] <= 1.0
 
@@ -49,7 +50,7 @@ def test_mean_much_larger_than_std() -> None:
     v = torch.full((n,), 4e-6)
     m = (1 + 2e-5 * torch.randn(n, generator=gen)) * 1e-3
     hp = HyperParams(beta1=0.9, beta2=0.95, eps=0.0, bias_correction=False)
-    row = sketch_of(m, v, hp, 10.0).row()
+    row = stats_row(sketch_of(m, v, hp, 10.0))
     ref = reference(m, v, hp, 10.0)
     assert row["u_std"] == pytest.approx(ref["u_std"], rel=1e-4)
     assert_matches(row, ref)
@@ -63,7 +64,7 @@ def test_nonfinite_and_zero_v_are_counted_and_excluded() -> None:
     v[40_000:40_010] = float("nan")
     m[1000:1100], v[1000:1100] = 0.0, 0.0  # never-touched coordinates
     sk = sketch_of(m, v, HP, 50.0)
-    row = sk.row()
+    row = stats_row(sk)
     ref = reference(m, v, HP, 50.0)
     assert (row["nonfinite"], row["zero_v"]) == (13, 100)
     assert_matches(row, ref)
@@ -81,8 +82,8 @@ def test_whole_chunk_of_nonfinite_values() -> None:
         tensor_state_from_tensors("w", m, v, step=9.0, hp=HP),
         StatsConfig(device="cpu", chunk_elems=1000),
     )
-    assert sk.row()["nonfinite"] == 3000
-    assert_matches(sk.row(), reference(m, v, HP, 9.0))
+    assert stats_row(sk)["nonfinite"] == 3000
+    assert_matches(stats_row(sk), reference(m, v, HP, 9.0))
 
 
 @pytest.mark.parametrize(
@@ -103,14 +104,14 @@ def test_variants_match_reference(hp: HyperParams, convention: str) -> None:
         else None
     )
     cfg = StatsConfig(device="cpu", convention=convention)  # type: ignore[arg-type]
-    row = sketch_of(m, v, hp, 77.0, cfg=cfg, vmax=vmax).row()
+    row = stats_row(sketch_of(m, v, hp, 77.0, cfg=cfg, vmax=vmax))
     assert_matches(row, reference(m, v, hp, 77.0, vmax=vmax, convention=convention))
 
 
 def test_bf16_state_is_read_as_its_float32_values() -> None:
     m, v = _state(50_000, seed=7)
     m16, v16 = m.bfloat16(), v.bfloat16()
-    row = sketch_of(m16, v16, HP, 30.0).row()
+    row = stats_row(sketch_of(m16, v16, HP, 30.0))
     assert_matches(row, reference(m16.float(), v16.float(), HP, 30.0))
 
 
@@ -120,7 +121,7 @@ def test_values_beyond_the_bound_are_kept() -> None:
     m[:50] = 1.0
     v[:50] = 1e-6
     sk = sketch_of(m, v, HP, 200.0)
-    row = sk.row()
+    row = stats_row(sk)
     ref_r = (1.0 / (1 - 0.9**200)) / math.sqrt(1e-6 / (1 - 0.95**200))
     assert row["r_max"] == pytest.approx(ref_r, rel=1e-6)
     assert sk.hists["r"][-1] == 50 and sk.hists["u"][-1] == 50  # overflow bins
@@ -177,7 +178,7 @@ def test_invariant_to_chunk_size() -> None:
         cfg = StatsConfig(device="cpu", chunk_elems=chunk)
         sk = summarize(tensor_state_from_tensors("w", m, v, step=60.0, hp=HP), cfg)
         _assert_same_sketch(sk, base, rel=1e-6)  # other block sums: float32 rounding only
-        assert sk.row()["dip_r"] == base.row()["dip_r"]
+        assert stats_row(sk)["dip_r"] == stats_row(base)["dip_r"]
 
 
 @pytest.mark.parametrize("global_starts", [False, True])
@@ -205,7 +206,7 @@ def test_pieces_merge_into_the_whole_in_any_order(global_starts: bool) -> None:
     for sk in merged:
         _assert_same_sketch(sk, merged[0], rel=1e-12)  # merge order: float64 rounding only
         _assert_same_sketch(sk, whole, rel=1e-6)  # other block boundaries: float32 rounding
-        _rows_close(sk.row(), whole.row(), rel=1e-6)
+        _rows_close(stats_row(sk), stats_row(whole), rel=1e-6)
 
 
 def _rows_close(a: dict, b: dict, rel: float = 1e-12) -> bool:
@@ -232,7 +233,7 @@ def test_state_round_trip_through_pickle() -> None:
     sk = sketch_of(m, v, HP, 33.0)
     back = TensorSketch.from_state(pickle.loads(pickle.dumps(sk.to_state())))
     _assert_same_sketch(back, sk, rel=0)
-    _rows_close(back.row(), sk.row(), rel=0.0)
+    _rows_close(stats_row(back), stats_row(sk), rel=0.0)
     assert back.histograms() == sk.histograms()
 
 
@@ -247,7 +248,7 @@ def test_reader_yielding_too_few_elements_is_an_error() -> None:
 def test_small_tensor_sample_is_the_whole_tensor() -> None:
     m, v = _state(3000, seed=13)
     sk = sketch_of(m, v, HP, 5.0)
-    row = sk.row()
+    row = stats_row(sk)
     assert row["dip_n"] == 3000
     r = np.sort(sk.sample_r.astype(np.float64))
     assert row["dip_r"] == pytest.approx(diptest.dipstat(r), abs=1e-12)
@@ -255,7 +256,7 @@ def test_small_tensor_sample_is_the_whole_tensor() -> None:
 
 def test_empty_tensor() -> None:
     e = torch.zeros(0)
-    row = sketch_of(e, e, HP, 5.0).row()
+    row = stats_row(sketch_of(e, e, HP, 5.0))
     assert row["numel"] == 0 and math.isnan(row["u_mean"]) and row["stage"] is None
 
 
@@ -275,7 +276,7 @@ def test_sample_dip_is_close_to_full_dip(kind: str, n: int) -> None:
     else:
         m, v, t = _r_state(n, seed=15, modes=0.0)
     sk = sketch_of(m, v, HP, t)
-    row = sk.row()
+    row = stats_row(sk)
     md, vd = m.double().numpy(), v.double().numpy()
     r = md / (1 - 0.9**t) / np.sqrt(vd / (1 - 0.95**t))
     full = diptest.dipstat(r)
@@ -290,14 +291,14 @@ def test_merge_layer_weighs_tensors_by_numel() -> None:
     a = sketch_of(m1, v1, HP, t, name="blocks.0.a")
     b = sketch_of(m2, v2, HP, t, name="blocks.0.b")
     layer = merge_layer([a, b])
-    assert layer.row()["dip_n"] == 65_536
+    assert stats_row(layer)["dip_n"] == 65_536
     # the first 3/4 of the layer sample come from a (|r| ~ 0.7); b's r are tiny
     assert layer.sample_r.size == 65_536
-    _rows_close(merge_layer([b, a]).row(), layer.row())
+    _rows_close(stats_row(merge_layer([b, a])), stats_row(layer))
     md = np.concatenate([m1.double().numpy(), m2.double().numpy()])
     vd = np.concatenate([v1.double().numpy(), v2.double().numpy()])
     r = md / (1 - 0.9**t) / np.sqrt(vd / (1 - 0.95**t))
-    row = layer.row()
+    row = stats_row(layer)
     assert row["numel"] == 400_000
     assert row["r_std"] == pytest.approx(r.std(), rel=1e-5)
     assert row["r_rms"] == pytest.approx(np.sqrt(np.mean(r * r)), rel=1e-5)

@@ -16,6 +16,7 @@ from adamscope.stats.bimodality import dip
 from adamscope.stats.engine import merge_layer
 from adamscope.stats.sketch import Moments
 from adamscope.stats.stages import classify
+from adamscope.tables.rows import stats_row
 from adamscope.vocab import HyperParams
 
 
@@ -128,7 +129,7 @@ def test_synthetic_fixture_stats_and_stages() -> None:
     for pid, st in sd["optimizer"]["state"].items():
         name = names[pid]
         sk = sketch_of(st["exp_avg"], st["exp_avg_sq"], hp, float(st["step"]), name=name)
-        row = sk.row()
+        row = stats_row(sk)
         assert_matches(row, tensors[name])
         assert row["stage"] == tensors[name]["stage"], name
-        assert merge_layer([sk]).row()["stage"] == tensors[name]["stage"]
+        assert stats_row(merge_layer([sk]))["stage"] == tensors[name]["stage"]

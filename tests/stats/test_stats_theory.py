@@ -12,6 +12,7 @@ from _stats_helpers import adam_run, full_r, sketch_of
 
 from adamscope.config import StatsConfig
 from adamscope.stats.sketch import TensorSketch
+from adamscope.tables.rows import stats_row
 
 
 def _modes(sk: TensorSketch) -> tuple[float, float]:
@@ -25,7 +26,7 @@ def _modes(sk: TensorSketch) -> tuple[float, float]:
 
 def test_uncorrelated_gradients_give_std_r_of_0_247() -> None:
     m, v, t, hp = adam_run(0.1, 1.0)
-    row = sketch_of(m, v, hp, t).row()
+    row = stats_row(sketch_of(m, v, hp, t))
     # THEORY: 0.247 measured; sqrt(Gamma1^2 + rho^2)/sqrt(1 + rho^2), Gamma1^2 = (1-b1)/(1+b1)
     predicted = math.sqrt(0.1 / 1.9 + 0.01) / math.sqrt(1.01)
     assert row["r_std"] == pytest.approx(0.247, rel=0.02)
@@ -39,7 +40,7 @@ def test_correlated_gradients_put_the_modes_at_plus_minus_one() -> None:
     sk = sketch_of(m, v, hp, t)
     lo, hi = _modes(sk)
     assert lo == pytest.approx(-1.0, rel=0.02) and hi == pytest.approx(1.0, rel=0.02)
-    row = sk.row()
+    row = stats_row(sk)
     assert row["r_std"] == pytest.approx(0.995, rel=0.02)
     assert row["dip_r"] == pytest.approx(0.241, abs=0.01)
     assert abs(row["dip_r"] - diptest.dipstat(full_r(m, v, hp, t))) < 0.005
@@ -52,15 +53,15 @@ def test_paper_convention_puts_the_modes_at_b1_over_sqrt_b2() -> None:
     target = 0.9 / math.sqrt(0.95)
     lo, hi = _modes(sk)
     assert lo == pytest.approx(-target, rel=0.02) and hi == pytest.approx(target, rel=0.02)
-    torch_row = sketch_of(m, v, hp, t).row()
-    row = sk.row()
+    torch_row = stats_row(sketch_of(m, v, hp, t))
+    row = stats_row(sk)
     assert row["r_std"] == pytest.approx(torch_row["r_std"] * target, rel=1e-6)
     assert row["dip_r"] == pytest.approx(torch_row["dip_r"], abs=1e-6)  # the dip is scale-free
 
 
 def test_tiny_correlated_gradients_are_primed() -> None:
     m, v, t, hp = adam_run(10.0, 1e-10)
-    row = sketch_of(m, v, hp, t).row()
+    row = stats_row(sketch_of(m, v, hp, t))
     assert row["u_std"] == pytest.approx(0.091, rel=0.03)
     assert row["r_std"] == pytest.approx(0.995, rel=0.02)
     assert row["frac_below_eps"] == 1.0
@@ -69,7 +70,7 @@ def test_tiny_correlated_gradients_are_primed() -> None:
 
 def test_unimodal_sample_dip_is_close_to_full_dip() -> None:
     m, v, t, hp = adam_run(0.1, 1e-10)
-    row = sketch_of(m, v, hp, t).row()
+    row = stats_row(sketch_of(m, v, hp, t))
     assert abs(row["dip_r"] - diptest.dipstat(full_r(m, v, hp, t))) < 0.005
     assert row["u_std"] == pytest.approx(0.0025, rel=0.05)
     assert row["stage"] == "vanishing"
