@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from adamscope.api import AnalyzeOptions, analyze_checkpoint
+from adamscope.config import AnalyzeOptions
 from adamscope.pipeline.discovery import discover
+from adamscope.pipeline.run import analyze_checkpoint
 
 
 def test_many_tensors_in_few_layers_keep_memory_small(tmp_path: Path) -> None:

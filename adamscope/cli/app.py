@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,15 +57,29 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run(fn: Any) -> Any:
-    from adamscope.errors import AdamscopeError
+def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a typer command that sets up logging (its `verbose` option, if any) and maps
+    AdamscopeError to one line on stderr and its exit code, Ctrl-C to 130."""
 
-    try:
-        return fn()
-    except AdamscopeError as e:
-        _fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted; finished checkpoints are kept in OUT/.parts (use --resume)", 130)
+    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> None:
+            from adamscope.errors import AdamscopeError
+
+            _setup_logging(int(kwargs.get("verbose", 0) or 0))
+            try:
+                fn(*args, **kwargs)
+            except AdamscopeError as e:
+                _fail(str(e), e.exit_code)
+            except KeyboardInterrupt:
+                _fail(
+                    "interrupted; finished checkpoints are kept in OUT/.parts (use --resume)", 130
+                )
+
+        app.command(name)(run)
+        return run
+
+    return deco
 
 
 def _reader_options(model: Path | None, trust_pickle: bool, **kw: Any) -> Any:
@@ -76,7 +92,7 @@ def _reader_options(model: Path | None, trust_pickle: bool, **kw: Any) -> Any:
     return ReaderOptions(model=model, trust_pickle=trust_pickle, **kw)
 
 
-@app.command()
+@command()
 def analyze(
     path: PathArg,
     out: OutOpt = Path("adamscope-out"),
@@ -156,62 +172,55 @@ def analyze(
     ] = 0,
 ) -> None:
     """Stream the Adam state out of checkpoints into tensors/layers/histograms.parquet + manifest.json."""
-    _setup_logging(verbose)
-    if convention not in ("torch", "paper"):
-        _fail(f"--convention must be 'torch' or 'paper', not {convention!r}")
+    from adamscope.api import AnalyzeOptions
+    from adamscope.api import analyze as run_analyze
+    from adamscope.cli.progress import RichProgress
+    from adamscope.config import StatsConfig
+    from adamscope.pipeline.distributed import init_from_env, shutdown
 
-    def go() -> None:
-        from adamscope.api import AnalyzeOptions
-        from adamscope.api import analyze as run_analyze
-        from adamscope.cli.progress import RichProgress
-        from adamscope.config import StatsConfig
-        from adamscope.pipeline.distributed import init_from_env, shutdown
+    d = init_from_env(device)
 
-        d = init_from_env(device)
+    opts = AnalyzeOptions(
+        out=out,
+        stats=StatsConfig(
+            convention=convention,  # type: ignore[arg-type]
+            device=device,
+            chunk_elems=chunk,
+            hist_bins=bins,
+            dip_sample=dip_sample,
+        ),
+        reader=_reader_options(
+            model,
+            trust_pickle,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            bias_correction=bias_correction,
+        ),
+        keep_going=keep_going,
+        resume=resume,
+        tensor_histograms=tensor_histograms,
+        gradients=gradients,
+        logs=tuple(log_file or ()),
+        loss_key=loss_key,
+        step_key=step_key,
+        layer_norm_pattern=layer_norm_pattern,
+    )
+    with RichProgress(enabled=not quiet and d.is_main) as progress:
+        result = run_analyze(path, options=opts, progress=progress)
+    shutdown()  # after success only: a failed rank must not wait for the others at a barrier
+    if not d.is_main:
+        return
+    from adamscope.cli.present import print_summary
 
-        opts = AnalyzeOptions(
-            out=out,
-            stats=StatsConfig(
-                convention=convention,  # type: ignore[arg-type]
-                device=device,
-                chunk_elems=chunk,
-                hist_bins=bins,
-                dip_sample=dip_sample,
-            ),
-            reader=_reader_options(
-                model,
-                trust_pickle,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                bias_correction=bias_correction,
-            ),
-            keep_going=keep_going,
-            resume=resume,
-            tensor_histograms=tensor_histograms,
-            gradients=gradients,
-            logs=tuple(log_file or ()),
-            loss_key=loss_key,
-            step_key=step_key,
-            layer_norm_pattern=layer_norm_pattern,
-        )
-        with RichProgress(enabled=not quiet and d.is_main) as progress:
-            result = run_analyze(path, options=opts, progress=progress)
-        shutdown()  # after success only: a failed rank must not wait for the others at a barrier
-        if not d.is_main:
-            return
-        from adamscope.cli.present import print_summary
-
-        print_summary(result)
-        if result.failures:
-            for _, err in result.failures:
-                typer.echo(f"adamscope: failed: {' '.join(err.split())}", err=True)
-            raise typer.Exit(1)
-
-    _run(go)
+    print_summary(result)
+    if result.failures:
+        for _, err in result.failures:
+            typer.echo(f"adamscope: failed: {' '.join(err.split())}", err=True)
+        raise typer.Exit(1)
 
 
-@app.command()
+@command()
 def inspect(
     path: PathArg,
     model: ModelOpt = None,
@@ -219,15 +228,12 @@ def inspect(
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Show what is at PATH: format detected, step, hyper-parameters, tensor names/shapes/dtypes, size."""
-    _setup_logging(verbose)
 
-    def go() -> None:
-        from adamscope.pipeline.inspect import inspect_path
+    from adamscope.api import inspect as run_inspect
+    from adamscope.cli.present import inspection_lines
 
-        for line in inspect_path(path, options=_reader_options(model, trust_pickle)):
-            typer.echo(line)
-
-    _run(go)
+    for line in inspection_lines(run_inspect(path, options=_reader_options(model, trust_pickle))):
+        typer.echo(line)
 
 
 TablesArg = Annotated[
@@ -246,7 +252,7 @@ def _ints(text: str | None) -> list[int | None] | None:
         raise  # unreachable
 
 
-@app.command()
+@command()
 def figures(
     tables: TablesArg,
     out: Annotated[
@@ -270,27 +276,23 @@ def figures(
     dpi: Annotated[int, typer.Option(help="Resolution of PNG output.")] = 120,
 ) -> None:
     """Draw Figures 2-10 of Molybog et al. from the tables (no second pass over the checkpoints)."""
-    _setup_logging(0)
 
-    def go() -> None:
-        from adamscope.figures import write_figures
+    from adamscope.figures import write_figures
 
-        files = write_figures(
-            out or tables / "figures",
-            tables,
-            only=[x for x in _ints(only) or [] if x is not None] if only else None,
-            steps=_ints(steps),
-            layers=layers.split(",") if layers else None,
-            focus_layer=focus_layer,
-            formats=tuple(fmt.split(",")),
-            dpi=dpi,
-        )
-        typer.echo(f"wrote {len(files)} files to {out or tables / 'figures'}/")
-
-    _run(go)
+    files = write_figures(
+        out or tables / "figures",
+        tables,
+        only=[x for x in _ints(only) or [] if x is not None] if only else None,
+        steps=_ints(steps),
+        layers=layers.split(",") if layers else None,
+        focus_layer=focus_layer,
+        formats=tuple(fmt.split(",")),
+        dpi=dpi,
+    )
+    typer.echo(f"wrote {len(files)} files to {out or tables / 'figures'}/")
 
 
-@app.command()
+@command()
 def heatmap(
     tables: TablesArg,
     out: Annotated[
@@ -304,25 +306,21 @@ def heatmap(
     dpi: Annotated[int, typer.Option(help="Resolution of PNG output.")] = 120,
 ) -> None:
     """Figure 4: log gradient norm per layer x step beside the loss strip, and the stage of every layer."""
-    _setup_logging(0)
 
-    def go() -> None:
-        from adamscope.figures import write_heatmap
+    from adamscope.figures import write_heatmap
 
-        files = write_heatmap(
-            tables,
-            out or tables / "heatmap",
-            steps=_ints(steps),
-            formats=tuple(fmt.split(",")),
-            dpi=dpi,
-        )
-        for f in files:
-            typer.echo(str(f))
-
-    _run(go)
+    files = write_heatmap(
+        tables,
+        out or tables / "heatmap",
+        steps=_ints(steps),
+        formats=tuple(fmt.split(",")),
+        dpi=dpi,
+    )
+    for f in files:
+        typer.echo(str(f))
 
 
-@app.command()
+@command()
 def report(
     tables: TablesArg,
     out: Annotated[
@@ -339,23 +337,19 @@ def report(
     ] = False,
 ) -> None:
     """One self-contained HTML page (inline figures, CSS, JS; no network) telling the run's story."""
-    _setup_logging(0)
 
-    def go() -> None:
-        from adamscope.report import write_report
+    from adamscope.report import write_report
 
-        ck: str | int | None = checkpoint
-        if checkpoint is not None and checkpoint.isdigit():
-            ck = int(checkpoint)
-        path = write_report(
-            tables, out or tables / "report.html", checkpoint=ck, figures=not no_figures
-        )
-        typer.echo(f"report: {path}")
-
-    _run(go)
+    ck: str | int | None = checkpoint
+    if checkpoint is not None and checkpoint.isdigit():
+        ck = int(checkpoint)
+    path = write_report(
+        tables, out or tables / "report.html", checkpoint=ck, figures=not no_figures
+    )
+    typer.echo(f"report: {path}")
 
 
-@app.command()
+@command()
 def simulate(
     out: Annotated[
         Path, typer.Argument(help="Run folder to create (step_N/ckpt.pt + train_log.jsonl).")
@@ -367,84 +361,68 @@ def simulate(
     save_every: Annotated[int, typer.Option(help="Checkpoint period in steps.")] = 20,
     eps: Annotated[float, typer.Option(help="Adam eps.")] = 1e-8,
     seed: Annotated[int, typer.Option(help="Seed of the gradient signs.")] = 0,
-    proxy: Annotated[
-        bool,
-        typer.Option(
-            "--proxy",
-            help="Instead: train a small byte-level GPT on the stdlib sources with real AdamW "
-            "(docs/experiments/proxy-spikes.md); checkpoints every --save-every steps and around "
-            "detected loss spikes.",
-        ),
-    ] = False,
-    steps: Annotated[int, typer.Option(help="--proxy: training steps.")] = 1000,
-    lr: Annotated[float, typer.Option(help="--proxy: peak learning rate.")] = 1e-2,
-    batch_size: Annotated[int, typer.Option(help="--proxy: sequences per batch.")] = 32,
-    device: Annotated[str, typer.Option(help="--proxy: cpu or cuda.")] = "cpu",
 ) -> None:
     """Run the paper's Section 4 gradient model through real torch AdamW: a checkpoint series that walks
     healthy -> vanishing -> primed -> unstable -> healthy, with a loss log. No GPU, seconds."""
-    _setup_logging(0)
+    from adamscope.sim.section4 import simulate as run_simulate
 
-    def go() -> None:
-        if proxy:
-            from adamscope.sim.proxy import run_proxy
-
-            info = run_proxy(
-                out,
-                n_layer=layers,
-                steps=steps,
-                lr=lr,
-                batch_size=batch_size,
-                eps=eps,
-                seed=seed,
-                ckpt_every=save_every,
-                device=device,
-            )
-            typer.echo(
-                f"proxy run: {out} ({info.get('outcome', 'done')})  (next: adamscope analyze {out})"
-            )
-            return
-        from adamscope.sim.section4 import simulate as run_simulate
-
-        path = run_simulate(
-            out, n_layer=layers, n_affected=affected, save_every=save_every, eps=eps, seed=seed
-        )
-        typer.echo(f"simulated run: {path}  (next: adamscope analyze {path})")
-
-    _run(go)
+    path = run_simulate(
+        out, n_layer=layers, n_affected=affected, save_every=save_every, eps=eps, seed=seed
+    )
+    typer.echo(f"simulated run: {path}  (next: adamscope analyze {path})")
 
 
-@app.command()
+@command()
+def proxy(
+    out: Annotated[
+        Path, typer.Argument(help="Run folder to create (step_N/ckpt.pt + train_log.jsonl).")
+    ],
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 3,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 1000,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-2,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 32,
+    eps: Annotated[float, typer.Option(help="Adam eps.")] = 1e-8,
+    save_every: Annotated[int, typer.Option(help="Checkpoint period in steps.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and batches.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Train a small byte-level GPT on the Python standard library's sources with real AdamW
+    (docs/experiments/proxy-spikes.md): checkpoints every --save-every steps and around detected
+    loss spikes."""
+    from adamscope.sim.proxy import run_proxy
+
+    info = run_proxy(
+        out,
+        n_layer=layers,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        eps=eps,
+        seed=seed,
+        ckpt_every=save_every,
+        device=device,
+    )
+    typer.echo(f"proxy run: {out} ({info.get('outcome', 'done')})  (next: adamscope analyze {out})")
+
+
+@command()
 def demo(
     out: Annotated[
         Path, typer.Option("-o", "--out", help="Folder for the run, the tables and report.html.")
     ] = Path("adamscope-demo"),
 ) -> None:
     """Simulate a run that walks every stage, analyse it, and write its HTML report (seconds, no data needed)."""
-    _setup_logging(0)
 
-    def go() -> None:
-        from adamscope.report import demo as run_demo
+    from adamscope.report import demo as run_demo
 
-        html = run_demo(out)
-        typer.echo(
-            f"tables: {out / 'tables'}/\nreport: {html}\nopen it in a browser (works offline)."
-        )
-
-    _run(go)
+    html = run_demo(out)
+    typer.echo(f"tables: {out / 'tables'}/\nreport: {html}\nopen it in a browser (works offline).")
 
 
 CkptArg = Annotated[Path, typer.Argument(help="A checkpoint file or folder.")]
 
 
-def _print_frame(df: Any, *, rows: int = 60) -> None:
-    import polars as pl
-
-    with pl.Config(tbl_rows=rows, tbl_cols=-1, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
-        typer.echo(str(df))
-
-
-@app.command()
+@command()
 def gradients(
     a: CkptArg,
     b: CkptArg,
@@ -465,38 +443,35 @@ def gradients(
 ) -> None:
     """Exact gradient of B's step from two checkpoints one step apart: grad_norm, update-gradient cosine,
     and a consistency check that tells whether the pair really is consecutive and unmodified."""
-    _setup_logging(0)
 
-    def go() -> None:
-        import polars as pl
+    import polars as pl
 
-        from adamscope.forensics import GradientOptions, write_gradients
+    from adamscope.cli.present import print_frame
+    from adamscope.forensics import GradientOptions, write_gradients
 
-        opts = GradientOptions(
-            reader=_reader_options(model, trust_pickle),
-            loss_gradient=loss_gradient,
-            assume_consecutive=assume_consecutive,
+    opts = GradientOptions(
+        reader=_reader_options(model, trust_pickle),
+        loss_gradient=loss_gradient,
+        assume_consecutive=assume_consecutive,
+    )
+    path = write_gradients(a, b, out, options=opts)
+    df = pl.read_parquet(path).filter(pl.col("level") == "layer")
+    print_frame(
+        df.select(
+            "step", "layer", "exact", "grad_norm", "grad_rms", "update_grad_cos", "consistent"
         )
-        path = write_gradients(a, b, out, options=opts)
-        df = pl.read_parquet(path).filter(pl.col("level") == "layer")
-        _print_frame(
-            df.select(
-                "step", "layer", "exact", "grad_norm", "grad_rms", "update_grad_cos", "consistent"
-            )
+    )
+    bad = df.filter(~pl.col("consistent"))["layer"].to_list()
+    if bad:
+        typer.echo(
+            f"warning: the pair fails the consistency check in {', '.join(bad)}: not consecutive, "
+            "or the state was modified between the two saves",
+            err=True,
         )
-        bad = df.filter(~pl.col("consistent"))["layer"].to_list()
-        if bad:
-            typer.echo(
-                f"warning: the pair fails the consistency check in {', '.join(bad)}: not consecutive, "
-                "or the state was modified between the two saves",
-                err=True,
-            )
-        typer.echo(f"-> {path}")
-
-    _run(go)
+    typer.echo(f"-> {path}")
 
 
-@app.command()
+@command()
 def diff(
     a: CkptArg,
     b: CkptArg,
@@ -513,30 +488,27 @@ def diff(
     trust_pickle: TrustOpt = False,
 ) -> None:
     """Per layer: the relative change of m, v, u, r and the weights from A to B, and the stage in each."""
-    _setup_logging(0)
 
-    def go() -> None:
-        from adamscope.forensics import DiffOptions
-        from adamscope.forensics import diff as run_diff
+    from adamscope.cli.present import print_frame
+    from adamscope.forensics import DiffOptions
+    from adamscope.forensics import diff as run_diff
 
-        df = run_diff(
-            a,
-            b,
-            options=DiffOptions(
-                reader=_reader_options(model, trust_pickle), stages=stages, weights=weights
-            ),
-        )
-        _print_frame(df.drop("checkpoint_a", "checkpoint_b"))
-        if out is not None:
-            from adamscope.tables.io import write_parquet
+    df = run_diff(
+        a,
+        b,
+        options=DiffOptions(
+            reader=_reader_options(model, trust_pickle), stages=stages, weights=weights
+        ),
+    )
+    print_frame(df.drop("checkpoint_a", "checkpoint_b"))
+    if out is not None:
+        from adamscope.tables.io import write_parquet
 
-            write_parquet(df, out / "diff.parquet")
-            typer.echo(f"-> {out / 'diff.parquet'}")
-
-    _run(go)
+        write_parquet(df, out / "diff.parquet")
+        typer.echo(f"-> {out / 'diff.parquet'}")
 
 
-@app.command("moved-first")
+@command("moved-first")
 def moved_first(
     run: Annotated[
         Path, typer.Argument(help="A run folder of checkpoints (saved at regular intervals).")
@@ -552,34 +524,68 @@ def moved_first(
     trust_pickle: TrustOpt = False,
 ) -> None:
     """Rank layers by when their change first jumped: which layer moved first around a spike."""
-    _setup_logging(0)
 
-    def go() -> None:
-        from adamscope.forensics import DiffOptions
-        from adamscope.forensics import moved_first as run_moved_first
+    from adamscope.cli.present import print_frame
+    from adamscope.forensics import DiffOptions
+    from adamscope.forensics import moved_first as run_moved_first
 
-        df = run_moved_first(
-            run,
-            k=k,
-            quantity=quantity,
-            options=DiffOptions(reader=_reader_options(model, trust_pickle)),
-        )
-        _print_frame(df)
-        if out is not None:
-            from adamscope.tables.io import write_parquet
+    df = run_moved_first(
+        run,
+        k=k,
+        quantity=quantity,
+        options=DiffOptions(reader=_reader_options(model, trust_pickle)),
+    )
+    print_frame(df)
+    if out is not None:
+        from adamscope.tables.io import write_parquet
 
-            write_parquet(df, out / "moved_first.parquet")
-
-    _run(go)
+        write_parquet(df, out / "moved_first.parquet")
 
 
-def _register_bench() -> None:
-    from adamscope.perf.bench import bench_command
+@command()
+def bench(
+    params: Annotated[
+        str, typer.Option(help="Parameters of the generated nanoGPT-style checkpoint (250M, 1B).")
+    ] = "250M",
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto: where reductions run.")] = "cpu",
+    reps: Annotated[
+        int, typer.Option(min=1, help="Interleaved repetitions; medians reported.")
+    ] = 3,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Measure this ckpt.pt instead of a generated one."
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Keep generated checkpoints here (reused by the next run)."),
+    ] = None,
+    scale: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also time analyze and the floor at these sizes (repeat: --scale 60M ...)."
+        ),
+    ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(help="Measure the hand-written baseline (slow, needs the whole file in RAM)."),
+    ] = True,
+) -> None:
+    """Measure analyze against the floor (reading every byte) and a hand-written numpy script."""
+    from adamscope.perf.bench import KINDS, parse_count, run_bench
 
-    app.command("bench")(bench_command)
-
-
-_register_bench()
+    result = run_bench(
+        params=parse_count(params),
+        device=device,
+        reps=reps,
+        workdir=workdir,
+        checkpoint=checkpoint,
+        sizes=[parse_count(x) for x in scale or []],
+        kinds=KINDS if baseline else ("floor", "analyze"),
+        say=lambda x: typer.echo(x, err=True),
+    )
+    typer.echo(result.report())
 
 
 def main() -> None:

@@ -5,14 +5,11 @@
 from __future__ import annotations
 
 from adamscope.figures.select import Selection, select
-from adamscope.figures.tables import Tables, load_tables
 from adamscope.figures.write import SPECS, write_figures, write_heatmap
 
 __all__ = [
     "SPECS",
     "Selection",
-    "Tables",
-    "load_tables",
     "select",
     "write_figures",
     "write_heatmap",

@@ -9,7 +9,7 @@ import polars as pl
 
 from adamscope.figures import dists
 from adamscope.figures.select import Selection
-from adamscope.figures.tables import Tables
+from adamscope.tables.model import Tables
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -6,6 +6,7 @@ Each `figureN(tables, ax, *, sel)` draws into the given Axes (Figure 5 into two)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import polars as pl
 
 from adamscope.figures import theory
 from adamscope.figures.select import Pair, Selection
-from adamscope.figures.tables import Tables, stairs
+from adamscope.tables.model import Tables
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -199,3 +200,19 @@ def _modes(ax: Axes, tables: Tables, pair: Pair) -> None:
     lo, hi = ax.get_xlim()
     half = max(abs(lo), abs(hi), 1.15 * m)
     ax.set_xlim(-half, half)
+
+
+def stairs(df: pl.DataFrame, column: str = "density") -> tuple[np.ndarray, np.ndarray]:
+    """(values, edges) for `Axes.stairs` from sparse bins: gaps between stored bins become zeros."""
+    lo, hi, val = (df[c].to_numpy() for c in ("lo", "hi", column))
+    edges: list[float] = []
+    values: list[float] = []
+    for a, b, y in zip(lo, hi, val, strict=True):
+        if edges and not math.isclose(edges[-1], a, rel_tol=1e-9, abs_tol=1e-15):
+            values.append(0.0)  # an empty stretch between two stored bins
+            edges.append(float(a))
+        if not edges:
+            edges.append(float(a))
+        values.append(float(y))
+        edges.append(float(b))
+    return np.asarray(values), np.asarray(edges)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from adamscope.figures.select import Selection
-from adamscope.figures.tables import Tables
+from adamscope.tables.model import Tables
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

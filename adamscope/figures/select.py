@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from adamscope.errors import AdamscopeError
-from adamscope.figures.tables import Tables
+from adamscope.tables.model import Tables
 
 log = logging.getLogger(__name__)
 

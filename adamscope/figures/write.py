@@ -16,7 +16,7 @@ import polars as pl
 from adamscope.errors import AdamscopeError
 from adamscope.figures import curves, dists, heatmap
 from adamscope.figures.select import Selection, select
-from adamscope.figures.tables import Tables, load_tables
+from adamscope.tables.model import Tables, as_tables
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ SPECS: dict[int, Spec] = {
 
 def write_figures(
     out_dir: Path,
-    tables_dir: Path,
+    tables: Tables | Path,
     *,
     only: Iterable[int] | None = None,
     steps: Sequence[int | None] | None = None,
@@ -76,8 +76,10 @@ def write_figures(
 
     Raises:
         AdamscopeError: missing tables, an unknown figure number, format or layer.
+
+    `tables` is a `Tables` (adamscope.analyze / adamscope.load) or the folder analyze wrote.
     """
-    tables = load_tables(tables_dir)
+    tables = as_tables(tables)
     numbers = sorted(set(only)) if only is not None else sorted(SPECS)
     bad = [n for n in numbers if n not in SPECS]
     if bad:
@@ -94,7 +96,7 @@ def write_figures(
 
 
 def write_heatmap(
-    tables_dir: Path,
+    tables: Tables | Path,
     out: Path,
     *,
     steps: Sequence[int | None] | None = None,
@@ -103,7 +105,7 @@ def write_heatmap(
 ) -> list[Path]:
     """Figure 4 alone: `out` is the path without suffix (e.g. OUT/heatmap); one file per format,
     plus `<out>.norms.csv`, `<out>.stages.csv`, `<out>.strip.csv`."""
-    tables = load_tables(tables_dir)
+    tables = as_tables(tables)
     _check_formats(formats)
     sel = select(tables, steps=steps)
     out = Path(out)

@@ -48,6 +48,7 @@ class Spike:
     recovered: bool
     z: float  # z-score of the peak against the frozen baseline
     baseline: float  # frozen baseline median (loss)
+    peak_value: float = float("nan")  # the loss (the detected column) at the peak
 
 
 def detect(
@@ -67,15 +68,19 @@ def detect(
         AdamscopeError: the table lacks the columns.
     """
     rule = rule or SpikeRule()
-    if "step" not in df.columns or column not in df.columns:
-        raise AdamscopeError(f"losses table: needs columns 'step' and {column!r}, has {df.columns}")
-    clean = df.select("step", column).drop_nulls().filter(pl.col(column).is_finite()).sort("step")
-    steps = clean["step"].to_numpy()
-    y = clean[column].to_numpy().astype(np.float64)
-    spikes = _find(steps, y, rule)
+    spikes = find(df, column=column, rule=rule)
     t1, t2, t3 = _choose(spikes)
     found = [asdict(s) for s in spikes]
     return {"t1": t1, "t2": t2, "t3": t3, "spikes": found, "rule": asdict(rule)}
+
+
+def find(df: pl.DataFrame, *, column: str = "loss", rule: SpikeRule | None = None) -> list[Spike]:
+    """The loss spikes of a losses table, as `Spike`s (the rule of `detect`)."""
+    rule = rule or SpikeRule()
+    if "step" not in df.columns or column not in df.columns:
+        raise AdamscopeError(f"losses table: needs columns 'step' and {column!r}, has {df.columns}")
+    clean = df.select("step", column).drop_nulls().filter(pl.col(column).is_finite()).sort("step")
+    return _find(clean["step"].to_numpy(), clean[column].to_numpy().astype(np.float64), rule)
 
 
 def _robust(base: np.ndarray, rule: SpikeRule) -> tuple[float, float]:
@@ -120,15 +125,19 @@ def _follow(
         j += 1
     z = float((y[peak] - med) / scale)
     if j < n:
-        return Spike(int(steps[i]), int(steps[peak]), int(steps[j]), True, z, med), j
+        return Spike(
+            int(steps[i]), int(steps[peak]), int(steps[j]), True, z, med, float(y[peak])
+        ), j
     # Never back: did it settle at a new level? Compare with the level of the log's last window.
     tail = y[max(peak + 1, n - rule.window) :]
     if len(tail) < rule.min_history:
-        return Spike(int(steps[i]), int(steps[peak]), None, False, z, med), n
+        return Spike(int(steps[i]), int(steps[peak]), None, False, z, med, float(y[peak])), n
     level, tail_scale = _robust(tail, rule)
     settled = np.nonzero(np.abs(y[peak + 1 :] - level) <= rule.z_end * tail_scale)[0]
     end = peak + 1 + int(settled[0]) if len(settled) else n - 1
-    return Spike(int(steps[i]), int(steps[peak]), int(steps[end]), False, z, med), end
+    return Spike(
+        int(steps[i]), int(steps[peak]), int(steps[end]), False, z, med, float(y[peak])
+    ), end
 
 
 def _choose(spikes: list[Spike]) -> tuple[int | None, int | None, int | None]:

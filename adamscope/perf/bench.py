@@ -33,9 +33,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from adamscope.config import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def parse_count(text: str) -> int:
     try:
         return int(float(t[:-1] if mult > 1 else t) * mult)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a count like 250M, 1B or 300k") from None
+        raise OptionError(f"{text!r} is not a count like 250M, 1B or 300k") from None
 
 
 # ---- one measurement, in a child process ----------------------------------------------------------
@@ -446,48 +446,3 @@ def run_bench(
     finally:
         if tmp is not None:
             tmp.cleanup()
-
-
-# ---- CLI -----------------------------------------------------------------------------------------
-def bench_command(
-    params: Annotated[
-        str, typer.Option(help="Parameters of the generated nanoGPT-style checkpoint (250M, 1B).")
-    ] = "250M",
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto: where reductions run.")] = "cpu",
-    reps: Annotated[
-        int, typer.Option(min=1, help="Interleaved repetitions; medians reported.")
-    ] = 3,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True, dir_okay=False, help="Measure this ckpt.pt instead of a generated one."
-        ),
-    ] = None,
-    workdir: Annotated[
-        Path | None,
-        typer.Option(help="Keep generated checkpoints here (reused by the next run)."),
-    ] = None,
-    scale: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Also time analyze and the floor at these sizes (repeat: --scale 60M ...)."
-        ),
-    ] = None,
-    baseline: Annotated[
-        bool,
-        typer.Option(help="Measure the hand-written baseline (slow, needs the whole file in RAM)."),
-    ] = True,
-) -> None:
-    """Measure analyze against the floor (reading every byte) and a hand-written numpy script."""
-    kinds = KINDS if baseline else ("floor", "analyze")
-    result = run_bench(
-        params=parse_count(params),
-        device=device,
-        reps=reps,
-        workdir=workdir,
-        checkpoint=checkpoint,
-        sizes=[parse_count(s) for s in scale or []],
-        kinds=kinds,
-        say=lambda s: typer.echo(s, err=True),
-    )
-    typer.echo(result.report())

@@ -1,38 +1,60 @@
-"""`adamscope inspect`: what a path holds, without reading any tensor data."""
+"""`inspect`: what a path holds (format, step, hyper-parameter groups, tensors), without reading
+any tensor data. The CLI prints it (cli/present.py); a notebook gets the object."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from adamscope.config import ReaderOptions
 from adamscope.pipeline.discovery import discover
+from adamscope.vocab import CheckpointInfo
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    step: float
 
 
-def inspect_path(path: Path, *, options: ReaderOptions) -> Iterator[str]:
-    """Yield the lines `adamscope inspect` prints."""
+@dataclass(frozen=True)
+class Group:
+    """Hyper-parameters shared by some tensors (a param group, as far as the file tells)."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    lr: float | None
+    weight_decay: float | None
+    amsgrad: bool
+    bias_correction: bool
+    n_tensors: int
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What `adamscope.inspect(path)` found: every checkpoint at `path` (path, format) and the
+    details of the last one (a run folder's newest)."""
+
+    path: Path
+    checkpoints: list[tuple[Path, str]]
+    info: CheckpointInfo
+    step: int | float | None
+    groups: list[Group]
+    tensors: list[TensorEntry]  # whole tensors; a sharded tensor once
+    n_params: int
+
+
+def inspect_path(path: Path, *, options: ReaderOptions) -> Inspection:
+    """Inspect `path` (a checkpoint or a run folder) with the readers' `describe` and metadata."""
     found = discover(Path(path))
-    if len(found) > 1:
-        yield f"{path}: run folder with {len(found)} checkpoints"
-        for f in found:
-            yield f"  {f.path.name:40s} {getattr(f.reader, 'name', '?')}"
-        yield "details of the last one:"
     f = found[-1]
     reader = f.reader(f.path, options=options)
     info = reader.describe()
-    yield f"{info.path}: format {info.format}, {_size(info.bytes_on_disk)} on disk"
-    for note in info.notes:
-        yield f"  note: {note}"
     groups: dict[tuple, int] = {}
-    rows = []
+    tensors: list[TensorEntry] = []
     n_params = 0
     step = info.step
     for ts in reader.iter_tensors():
@@ -41,17 +63,15 @@ def inspect_path(path: Path, *, options: ReaderOptions) -> Iterator[str]:
         groups[key] = groups.get(key, 0) + 1
         numel = ts.piece[1] if ts.piece else ts.numel
         if ts.piece is None or ts.piece[0] == 0:
-            rows.append((ts.name, ts.shape, ts.dtype, ts.step))
+            tensors.append(TensorEntry(ts.name, tuple(ts.shape), ts.dtype, ts.step))
             n_params += numel
         step = ts.step if step is None else step
-    yield f"  step {step}, {len(rows)} tensors, {n_params:,} parameters"
-    for (b1, b2, eps, lr, wd, ams, bc), n in groups.items():
-        yield (
-            f"  group: betas=({b1}, {b2}) eps={eps} lr={lr} weight_decay={wd}"
-            + (" amsgrad" if ams else "")
-            + ("" if bc else " no-bias-correction")
-            + f"  [{n} tensors]"
-        )
-    width = min(max((len(r[0]) for r in rows), default=10), 70)
-    for name, shape, dtype, _ in rows:
-        yield f"  {name:{width}s} {str(list(shape)):>18s} {dtype}"
+    return Inspection(
+        path=Path(path),
+        checkpoints=[(x.path, getattr(x.reader, "name", "?")) for x in found],
+        info=info,
+        step=step,
+        groups=[Group(*k, n_tensors=n) for k, n in groups.items()],
+        tensors=tensors,
+        n_params=n_params,
+    )

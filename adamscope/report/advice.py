@@ -142,8 +142,8 @@ def _watch(vanishing: list[Any], cks: list[Checkpoint]) -> str:
 
 
 def _spike_line(run: RunData, sp: Any) -> str:
-    before = checkpoint_before(run, sp.step)
-    line = f"Loss spike at step {sp.step} (peak {fmt(sp.peak_loss, 3)} at step {sp.peak_step}, "
+    before = checkpoint_before(run, sp.start)
+    line = f"Loss spike at step {sp.start} (peak {fmt(sp.peak_value, 3)} at step {sp.peak}, "
     line += f"from a baseline of {fmt(sp.baseline, 3)}"
     if sp.end is None:
         line += ", still inside it when the log ends)"
@@ -236,10 +236,10 @@ def _skip_text(run: RunData, rows: list[dict[str, Any]]) -> str:
             "the batches up to the spike: the chain reaction needs that batch's large gradient."
         )
     sp = run.spikes[0]
-    before = checkpoint_before(run, sp.step)
+    before = checkpoint_before(run, sp.start)
     where = f"{before.name} (step {before.step})" if before else "the last checkpoint before it"
     return (
-        f"The first loss spike starts at step {sp.step}. Roll back to {where} and skip the batches "
-        f"up to step {sp.step}: without the large gradient of that batch the primed layers do not "
+        f"The first loss spike starts at step {sp.start}. Roll back to {where} and skip the batches "
+        f"up to step {sp.start}: without the large gradient of that batch the primed layers do not "
         "start the chain reaction."
     )

@@ -14,7 +14,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adamscope.tables.model import Tables
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _reason(e: BaseException) -> str:
 
 
 def render_figures(
-    tables_dir: Path,
+    tables: Tables,
     *,
     steps: Sequence[int | None] | None = None,
     layers: Sequence[str] | None = None,
@@ -109,10 +112,9 @@ def render_figures(
     """
     budget = [budget_bytes]
     try:
-        from adamscope.figures import load_tables, select
+        from adamscope.figures import select
         from adamscope.figures.write import SPECS, render
 
-        tables = load_tables(tables_dir)
         sel = select(tables, steps=steps, layers=layers)
     except Exception as e:  # noqa: BLE001 - the report goes on without figures, saying why
         log.warning("report: figures unavailable: %s", _reason(e))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,10 +11,11 @@ import numpy as np
 import polars as pl
 
 from adamscope.errors import AdamscopeError
+from adamscope.logs.spikes import Spike
+from adamscope.tables.model import Tables
 
 log = logging.getLogger(__name__)
 
-STAGES = ("healthy", "vanishing", "primed", "unstable")
 SEVERITY = {None: -1, "healthy": 0, "vanishing": 1, "primed": 2, "unstable": 3}
 FLAGGED = ("primed", "unstable")
 
@@ -45,19 +45,9 @@ class LayerHistory:
         return any(s in FLAGGED for s in self.stages)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Spike:
-    step: int  # first step over the threshold
-    peak_step: int
-    peak_loss: float
-    baseline: float  # trailing median before the spike
-    end: int | None  # recovery or flat end; None when the log ends inside the spike
-    recovered: bool
-
-
 @dataclass
 class RunData:
-    tables_dir: Path
+    tables: Tables
     manifest: dict[str, Any]
     tensors: pl.DataFrame
     layers: pl.DataFrame
@@ -66,41 +56,35 @@ class RunData:
     histories: list[LayerHistory]  # depth order
     spikes: list[Spike]
 
+    @property
+    def tables_dir(self) -> Path | None:
+        """The folder the tables came from (None: analysed in memory)."""
+        return self.tables.path
 
-def read_tables(tables_dir: Path) -> RunData:
-    """Read what `adamscope analyze` wrote into `tables_dir`.
+
+def run_data(tables: Tables) -> RunData:
+    """What the report needs of a run's tables: checkpoints, per-layer stage histories, spikes.
 
     Raises:
-        AdamscopeError: `tables_dir` lacks layers.parquet or tensors.parquet, or they are empty.
+        AdamscopeError: the layers table has no rows.
     """
-    tables_dir = Path(tables_dir)
-    paths = {n: tables_dir / f"{n}.parquet" for n in ("tensors", "layers", "losses")}
-    for name in ("tensors", "layers"):
-        if not paths[name].exists():
-            raise AdamscopeError(
-                f"{paths[name]}: missing; run `adamscope analyze PATH -o {tables_dir}` first"
-            )
-    layers = pl.read_parquet(paths["layers"])
-    tensors = pl.read_parquet(paths["tensors"])
+    layers, tensors = tables.layers, tables.tensors
     if layers.is_empty():
-        raise AdamscopeError(f"{paths['layers']}: no rows; nothing to report")
-    manifest: dict[str, Any] = {}
-    mpath = tables_dir / "manifest.json"
-    if mpath.exists():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise AdamscopeError(f"{mpath}: not valid JSON ({e})") from e
-    else:
-        log.warning("%s: missing; the report's reproduce section will be incomplete", mpath)
-    losses = None
-    if paths["losses"].exists():
-        losses = pl.read_parquet(paths["losses"]).filter(pl.col("loss").is_finite()).sort("step")
+        where = tables.path / "layers.parquet" if tables.path else "layers table"
+        raise AdamscopeError(f"{where}: no rows; nothing to report")
+    if not tables.manifest:
+        log.warning(
+            "%s: no manifest.json; the report's reproduce section will be incomplete",
+            tables.path or "tables",
+        )
+    losses = tables.losses
+    if losses is not None:
+        losses = losses.filter(pl.col("loss").is_finite()).sort("step")
         losses = losses.unique("step", keep="last", maintain_order=True)
     checkpoints = _checkpoints(layers)
     return RunData(
-        tables_dir=tables_dir,
-        manifest=manifest,
+        tables=tables,
+        manifest=tables.manifest,
         tensors=tensors,
         layers=layers,
         losses=losses if losses is not None and losses.height else None,
@@ -132,27 +116,9 @@ def _histories(layers: pl.DataFrame, checkpoints: list[Checkpoint]) -> list[Laye
 
 def find_spikes(losses: pl.DataFrame) -> list[Spike]:
     """Loss spikes by the shared rule of `adamscope.logs.spikes` (the one Figures 7-10 use)."""
-    from adamscope.logs.spikes import detect
+    from adamscope.logs.spikes import find
 
-    found = detect(losses)["spikes"]
-    if not found:
-        return []
-    peak_loss = dict(
-        losses.filter(pl.col("step").is_in([s["peak"] for s in found]))
-        .select("step", "loss")
-        .rows()
-    )
-    return [
-        Spike(
-            step=int(s["start"]),
-            peak_step=int(s["peak"]),
-            peak_loss=float(peak_loss.get(s["peak"], float("nan"))),
-            baseline=float(s["baseline"]),
-            end=None if s["end"] is None else int(s["end"]),
-            recovered=bool(s["recovered"]),
-        )
-        for s in found
-    ]
+    return find(losses)
 
 
 def default_checkpoint(run: RunData) -> Checkpoint:
@@ -174,7 +140,7 @@ def pick_checkpoint(run: RunData, wanted: str | int | None) -> Checkpoint:
             return c
     shown = ", ".join(f"{c.name} (step {c.step})" for c in run.checkpoints[:5])
     raise AdamscopeError(
-        f"{run.tables_dir}: no checkpoint {wanted!r} in layers.parquet; try one of: {shown}"
+        f"{run.tables_dir or 'tables'}: no checkpoint {wanted!r} in layers.parquet; try one of: {shown}"
     )
 
 
@@ -192,7 +158,7 @@ def key_checkpoints(run: RunData, chosen: Checkpoint, *, limit: int = 8) -> list
         if firsts:
             picks.append(run.checkpoints[min(firsts)])
     for sp in run.spikes:
-        c = checkpoint_before(run, sp.step)
+        c = checkpoint_before(run, sp.start)
         if c is not None:
             picks.append(c)
     picks.append(run.checkpoints[-1])

@@ -13,9 +13,10 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
-from adamscope import __version__
+from adamscope._version import __version__
 from adamscope.report import advice, images, model, svg
 from adamscope.report.advice import fmt
+from adamscope.tables.model import Tables, as_tables
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ MAX_VERDICT_ROWS = 20
 
 
 def write_report(
-    tables_dir: Path,
+    tables: Tables | Path,
     out_html: Path,
     *,
     checkpoint: str | int | None = None,
@@ -34,8 +35,8 @@ def write_report(
     """Write one self-contained HTML report (inline CSS, JS and figures; no network use) of a run.
 
     Args:
-        tables_dir: the folder `adamscope analyze` wrote (tensors/layers.parquet, manifest.json,
-            optionally histograms.parquet and losses.parquet).
+        tables: a `Tables` (adamscope.analyze / adamscope.load) or the folder `adamscope analyze`
+            wrote (tensors/layers.parquet, manifest.json, optionally histograms and losses).
         out_html: the file to write (parent folders are created).
         checkpoint: the layer table's default checkpoint, by path (as in the tables) or step;
             default: the first with a primed/unstable layer, else the last.
@@ -50,13 +51,13 @@ def write_report(
         AdamscopeError: the tables are missing or unreadable, or `checkpoint` names no checkpoint.
     """
     t0 = time.perf_counter()
-    run = model.read_tables(Path(tables_dir))
+    run = model.run_data(as_tables(tables))
     chosen = model.pick_checkpoint(run, checkpoint)
     thresholds = run.manifest.get("thresholds", {})
     verdict = advice.verdict(run, thresholds=thresholds)
     keys = model.key_checkpoints(run, chosen)
     if figures:
-        heat, figs = images.render_figures(run.tables_dir)
+        heat, figs = images.render_figures(run.tables)
     else:
         heat = images.Figure(
             "heatmap", 4, "Figure 4", error="figures were turned off (figures=False)"
@@ -104,7 +105,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _run_name(run: model.RunData) -> str:
     path = run.manifest.get("inputs", {}).get("path")
-    return Path(path).name if path else run.tables_dir.resolve().name
+    if path:
+        return Path(path).name
+    return run.tables_dir.resolve().name if run.tables_dir else "adamscope run"
 
 
 def _subtitle(run: model.RunData) -> str:
@@ -254,7 +257,7 @@ def _table_json(run: model.RunData, keys: list[model.Checkpoint], chosen: model.
         if firsts:
             tags.setdefault(min(firsts), []).append(f"first {stage}")
     for k, sp in enumerate(run.spikes, 1):
-        if (c := model.checkpoint_before(run, sp.step)) is not None:
+        if (c := model.checkpoint_before(run, sp.start)) is not None:
             tags.setdefault(c.index, []).append(f"before spike {k}")
     tags.setdefault(run.checkpoints[-1].index, []).append("last")
     cks = [
@@ -278,7 +281,7 @@ def _reproduce_html(run: model.RunData) -> str:
     m = run.manifest
     opts = m.get("options", {})
     src = m.get("inputs", {}).get("path", "PATH")
-    out = str(run.tables_dir)
+    out = str(run.tables_dir or "OUT")
     cmd = ["adamscope", "analyze", src, "-o", out]
     for flag, key in (
         ("--convention", "convention"),
@@ -304,6 +307,7 @@ def _reproduce_html(run: model.RunData) -> str:
     if run.losses is not None and "source" in run.losses.columns:
         sources = [s for s in run.losses["source"].unique().to_list() if s]
     manifest = escape(json.dumps(m, indent=2, default=str)) if m else "no manifest.json found"
+    tables_at = str(run.tables_dir.resolve()) if run.tables_dir else "in memory (not written)"
     return (
         "<pre><code>" + escape("\n".join(lines)) + "</code></pre>"
         f'<dl class="kv"><dt>tables written by</dt><dd>adamscope {escape(str(ver))}, '
@@ -311,7 +315,7 @@ def _reproduce_html(run: model.RunData) -> str:
         f"<dt>environment</dt><dd>{escape(env_text or 'n/a')}</dd>"
         f"<dt>report written by</dt><dd>adamscope {escape(__version__)}, Python "
         f"{escape(platform.python_version())}</dd>"
-        f"<dt>tables</dt><dd><code>{escape(str(run.tables_dir.resolve()))}</code></dd>"
+        f"<dt>tables</dt><dd><code>{escape(tables_at)}</code></dd>"
         f"<dt>loss log</dt><dd>{escape(', '.join(sources) or 'none')}</dd></dl>"
         f"<details><summary>{len(ckpts)} input checkpoints</summary><ul>{ck_list}</ul></details>"
         f"<details><summary>manifest.json</summary><pre><code>{manifest}</code></pre></details>"

@@ -13,7 +13,8 @@ from html import escape
 
 import numpy as np
 
-from adamscope.report.model import STAGES, LayerHistory, RunData
+from adamscope.report.model import LayerHistory, RunData
+from adamscope.stats.stages import STAGES
 
 W = 1000  # viewBox width; the SVG scales to its container
 LEFT, RIGHT = 118, 12
@@ -91,7 +92,7 @@ def timeline(run: RunData, *, max_layers_full: int) -> str:
         )
     parts.append(_x_axis(x, lo, hi, axis_y))
     for sp in run.spikes:  # spike guides run through every panel
-        xs = x(sp.step)
+        xs = x(sp.start)
         parts.append(f'<line class="spike" x1="{xs:.1f}" x2="{xs:.1f}" y1="10" y2="{axis_y:.1f}"/>')
     parts.append("</svg>")
     return "".join(parts)
@@ -138,14 +139,14 @@ def _loss_panel(run: RunData, x: _X, top: float, h: float) -> str:
         )
     out.append(f'<polyline class="loss" points="{" ".join(pts)}"/>')
     for k, sp in enumerate(run.spikes, 1):
-        px, py = x(sp.peak_step), yy(sp.peak_loss)
+        px, py = x(sp.peak), yy(sp.peak_value)
         out.append(
             f'<g class="spike-mark"><path d="M{px:.1f},{py - 3:.1f} l-5,-8 h10 z"/>'
             f'<text x="{px + 6 if px < W - 160 else px - 8:.1f}" y="{max(py - 4, top + 10):.1f}" '
             f'text-anchor="{"start" if px < W - 160 else "end"}">'
-            f"spike {k} (step {sp.step})</text>"
-            f"<title>loss spike {k}: starts at step {sp.step}, peak {sp.peak_loss:.4g} at step "
-            f"{sp.peak_step}, baseline {sp.baseline:.4g}, "
+            f"spike {k} (step {sp.start})</text>"
+            f"<title>loss spike {k}: starts at step {sp.start}, peak {sp.peak_value:.4g} at step "
+            f"{sp.peak}, baseline {sp.baseline:.4g}, "
             f"{'recovered' if sp.recovered else 'did not recover'}</title></g>"
         )
     return "".join(out)

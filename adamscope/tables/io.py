@@ -1,4 +1,5 @@
-"""Atomic writes: every output file appears whole (temp file + rename) or not at all."""
+"""Writing tables: atomic writes (every output file appears whole, temp file + rename, or not at
+all) and frames with exactly the schema's columns. The one loader is `tables.model.load`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import polars as pl
 
 from adamscope.tables.schema import columns
 
-# analyze's scratch folder inside OUT (api.PARTS): temp files go there when it exists, so that an
+# analyze's scratch folder inside OUT (pipeline.run.PARTS): temp files go there when it exists, so that an
 # interrupted run (kill -9) never leaves anything but whole files beside the tables
 SCRATCH = ".parts"
 

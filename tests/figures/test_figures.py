@@ -11,8 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from adamscope import load
 from adamscope.errors import AdamscopeError
-from adamscope.figures import load_tables, select, write_figures, write_heatmap
+from adamscope.figures import select, write_figures, write_heatmap
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_heatmap_estimate_without_logged_norms(sim_tables: Path, tmp_path: Path)
 
 
 def test_overrides(sim_tables: Path, tmp_path: Path) -> None:
-    tables = load_tables(sim_tables)
+    tables = load(sim_tables)
     sel = select(tables, steps=[100, None, 990], layers=["block.0"], focus_layer="block.0")
     assert sel.t["t1"] == 100 and sel.t["t3"] == 990 and sel.t["t2"] is not None
     assert sel.t_checkpoint["t1"] == 100 and sel.t_checkpoint["t3"] == 1000
@@ -140,7 +141,7 @@ def test_figure_functions_draw_into_a_given_axes(sim_tables: Path) -> None:
 
     from adamscope.figures import dists
 
-    tables = load_tables(sim_tables)
+    tables = load(sim_tables)
     sel = select(tables)
     fig, ax = plt.subplots()
     try:

@@ -126,9 +126,9 @@ def test_model_shapes_that_do_not_add_up(tmp_path: Path) -> None:
 
 def _analyze_with(reader: type, path: Path) -> None:
     """What analyze does with a checkpoint of a family the registry does not detect (yet)."""
-    from adamscope.api import AnalyzeOptions, analyze_checkpoint
-    from adamscope.config import StatsConfig
+    from adamscope.config import AnalyzeOptions, StatsConfig
     from adamscope.pipeline.discovery import Found
+    from adamscope.pipeline.run import analyze_checkpoint
 
     opts = AnalyzeOptions(stats=StatsConfig(device="cpu", dip_sample=1024))
     analyze_checkpoint(Found(path, None, reader), rel=".", options=opts)

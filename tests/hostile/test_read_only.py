@@ -8,9 +8,9 @@ from pathlib import Path
 
 from _hostile_helpers import FIXTURES, cli, tree_hashes
 
-from adamscope.api import AnalyzeOptions, analyze_checkpoint
-from adamscope.config import StatsConfig
+from adamscope.config import AnalyzeOptions, StatsConfig
 from adamscope.pipeline.discovery import Found
+from adamscope.pipeline.run import analyze_checkpoint
 
 ANALYZED = [
     "torch/adam_names.pt",

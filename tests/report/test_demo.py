@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from adamscope import load
 from adamscope.errors import AdamscopeError
 from adamscope.report import advice, demo, model
 from adamscope.sim.section4 import Phase, expected_stage
+
+
+def _run(folder: Path) -> model.RunData:
+    return model.run_data(load(folder))
 
 
 def test_demo_report_tells_the_simulated_story(demo_report: Path) -> None:
@@ -20,7 +25,7 @@ def test_demo_report_tells_the_simulated_story(demo_report: Path) -> None:
     affected = {"embedding", "block.0"}  # simulate's n_affected = 2 first layers in depth order
     assert sched["n_affected"] == 2
 
-    run = model.read_tables(out / "tables")
+    run = _run(out / "tables")
     v = advice.verdict(run, thresholds=run.manifest["thresholds"])
     assert v.level == "unstable"
     assert {r["layer"] for r in v.layers} == affected
@@ -30,7 +35,7 @@ def test_demo_report_tells_the_simulated_story(demo_report: Path) -> None:
     # the synthetic loss spikes once per unstable phase; the second ends flat (simulate docstring)
     assert len(run.spikes) == 2
     assert run.spikes[0].recovered and not run.spikes[1].recovered
-    assert all(expected_stage(phases, s.step) == "unstable" for s in run.spikes)
+    assert all(expected_stage(phases, s.start) == "unstable" for s in run.spikes)
     text = demo_report.read_text()
     assert "the loss did not: spike 2 ended flat" in text
     assert "figure unavailable" not in text

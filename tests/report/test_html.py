@@ -85,7 +85,7 @@ def test_degrades_without_figures_and_losses(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("simulated plotting failure")
 
-    monkeypatch.setattr(adamscope.figures, "load_tables", broken)
+    monkeypatch.setattr(adamscope.figures, "select", broken)
     out = write_report(tables, tmp_path / "r.html")
     text = out.read_text()
     assert text.count("figure unavailable:") == 2  # heatmap box + Figures 2-10 box

@@ -9,8 +9,14 @@ import polars as pl
 import pytest
 from synth import EPS, Walk, make_tables
 
+from adamscope import load
 from adamscope.errors import AdamscopeError
 from adamscope.report import advice, model
+
+
+def _run(folder: Path) -> model.RunData:
+    return model.run_data(load(folder))
+
 
 WALK = Walk()  # affected layers: vanishing at index 3, primed 5, unstable 7, healthy again 9
 EVERY = 100  # synthetic checkpoints are step_(i + 1) * 100
@@ -21,7 +27,7 @@ def step_of(index: int) -> int:
 
 
 def test_histories_and_default_checkpoint(small_tables: Path) -> None:
-    run = model.read_tables(small_tables)
+    run = _run(small_tables)
     assert [c.step for c in run.checkpoints] == [step_of(i) for i in range(12)]
     emb = next(h for h in run.histories if h.layer == "embedding")
     assert emb.first == {"healthy": 0, "vanishing": 3, "primed": 5, "unstable": 7}
@@ -35,18 +41,18 @@ def test_histories_and_default_checkpoint(small_tables: Path) -> None:
 
 
 def test_spike_found_where_it_was_put(small_tables: Path) -> None:
-    run = model.read_tables(small_tables)
+    run = _run(small_tables)
     # synth adds +2.5 to the loss for 10 steps from step_of(unstable) + 1
     assert len(run.spikes) == 1
     sp = run.spikes[0]
-    assert sp.step == step_of(WALK.unstable) + 1
-    assert step_of(WALK.unstable) < sp.peak_step < step_of(WALK.unstable) + 11
+    assert sp.start == step_of(WALK.unstable) + 1
+    assert step_of(WALK.unstable) < sp.peak < step_of(WALK.unstable) + 11
     assert sp.recovered
-    assert model.checkpoint_before(run, sp.step).step == step_of(WALK.unstable)
+    assert model.checkpoint_before(run, sp.start).step == step_of(WALK.unstable)
 
 
 def test_verdict_and_remedies_name_the_run(small_tables: Path) -> None:
-    run = model.read_tables(small_tables)
+    run = _run(small_tables)
     v = advice.verdict(run, thresholds={"dip": 0.01})
     assert v.level == "unstable"
     assert [r["layer"] for r in v.layers] == ["embedding", "block.0"]
@@ -70,13 +76,13 @@ def test_verdict_and_remedies_name_the_run(small_tables: Path) -> None:
     assert suggested < flagged["grad_rms"].min() < EPS
     assert "(0.9, 0.95)" in remedies["Smaller batch or betas"]
     skip = remedies["Skip the triggering batch"]
-    assert f"step_{step_of(WALK.unstable)}" in skip and f"step {run.spikes[0].step}" in skip
+    assert f"step_{step_of(WALK.unstable)}" in skip and f"step {run.spikes[0].start}" in skip
     # 3 zero-v coordinates per primed layer row (synth), 2 layers
     assert "(6 such" in remedies["eps = 0, with u = 0 where v = 0"]
 
 
 def test_healthy_run_has_no_remedies(tmp_path: Path) -> None:
-    run = model.read_tables(make_tables(tmp_path / "t", walk=None))
+    run = _run(make_tables(tmp_path / "t", walk=None))
     v = advice.verdict(run, thresholds={})
     assert v.level == "healthy" and not v.remedies and not v.layers
     assert model.default_checkpoint(run) == run.checkpoints[-1]
@@ -85,7 +91,7 @@ def test_healthy_run_has_no_remedies(tmp_path: Path) -> None:
 
 def test_vanishing_only_run_says_watch(tmp_path: Path) -> None:
     never = 10**6
-    run = model.read_tables(
+    run = _run(
         make_tables(
             tmp_path / "t", walk=Walk(vanishing=2, primed=never, unstable=never, recover=never)
         )
@@ -96,7 +102,7 @@ def test_vanishing_only_run_says_watch(tmp_path: Path) -> None:
 
 
 def test_layer_rows_match_the_tables(small_tables: Path) -> None:
-    run = model.read_tables(small_tables)
+    run = _run(small_tables)
     ck = model.pick_checkpoint(run, step_of(WALK.primed))
     rows = model.layer_rows(run, ck)
     keys = [k for k, _, _ in model.TABLE_COLUMNS]
@@ -113,7 +119,7 @@ def test_layer_rows_match_the_tables(small_tables: Path) -> None:
 
 
 def test_key_checkpoints(small_tables: Path) -> None:
-    run = model.read_tables(small_tables)
+    run = _run(small_tables)
     keys = model.key_checkpoints(run, model.default_checkpoint(run))
     want = {WALK.vanishing, WALK.primed, WALK.unstable, 11}  # before-spike == first unstable here
     assert {c.index for c in keys} == want
@@ -121,17 +127,17 @@ def test_key_checkpoints(small_tables: Path) -> None:
 
 def test_missing_tables_raise(tmp_path: Path) -> None:
     with pytest.raises(AdamscopeError, match=r"tensors.parquet: missing; run `adamscope analyze"):
-        model.read_tables(tmp_path)
+        _run(tmp_path)
     make_tables(tmp_path, n_ckpts=1, walk=None, loss_steps=0)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(AdamscopeError, match="manifest.json: not valid JSON"):
-        model.read_tables(tmp_path)
+        _run(tmp_path)
 
 
 def test_a_flagged_head_gets_a_caveat_and_early_layers_alone_do_not(tmp_path: Path) -> None:
-    early = model.read_tables(make_tables(tmp_path / "early", n_layers=4, n_affected=2))
+    early = _run(make_tables(tmp_path / "early", n_layers=4, n_affected=2))
     assert not any("The head is flagged" in d for d in advice.verdict(early, thresholds={}).details)
-    every = model.read_tables(make_tables(tmp_path / "all", n_layers=4, n_affected=4))
+    every = _run(make_tables(tmp_path / "all", n_layers=4, n_affected=4))
     v = advice.verdict(every, thresholds={})
     assert "head" in [r["layer"] for r in v.layers]
     assert any("The head is flagged" in d for d in v.details)
