@@ -37,6 +37,7 @@ FAMILIES = [
     "deepspeed",
     "dcp",
     "mlx",
+    "healthy",
 ]
 STATS = ["u_std", "u_rms", "r_std", "r_rms", "suppression", "grad_rms", "m_norm", "v_l1"]
 EXACT = ["numel", "zero_v", "nonfinite"]

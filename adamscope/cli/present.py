@@ -45,7 +45,37 @@ def print_summary(tables: Tables) -> None:
         if len(lines) > 30:
             typer.echo(f"  ... {len(lines) - 30} more checkpoints (see layers.parquet)")
     else:
-        typer.echo("every layer healthy (or too small to judge)")
+        typer.echo("no layer vanishing, primed or unstable")
+    for line in context_lines(tables.layers):
+        typer.echo(line)
+
+
+def context_lines(layers: pl.DataFrame) -> list[str]:
+    """What the verdicts could not tell: checkpoints too early to judge, bimodal r without the
+    theory's chain (docs/stages.md)."""
+    out = []
+    if layers.is_empty() or "stage" not in layers.columns:
+        return out
+    early = layers.filter(pl.col("stage") == "too_early")
+    if early.height:
+        steps = sorted(set(early["step"].to_list()))
+        frm = (
+            early["judge_from_step"].drop_nulls().max()
+            if "judge_from_step" in early.columns
+            else None
+        )
+        out.append(
+            f"too early to judge r at step{'s' * (len(steps) > 1)} {', '.join(map(str, steps[:8]))}"
+            + (f" (judged from step {frm})" if frm is not None else "")
+        )
+    corr = layers.filter(pl.col("stage") == "correlated")
+    if corr.height:
+        names = sorted(set(corr["layer"].to_list()))
+        shown = ", ".join(names[:6]) + (f" (+{len(names) - 6})" if len(names) > 6 else "")
+        out.append(
+            f"correlated (u ~ r bimodal without vanishing/primed before it; not unstable): {shown}"
+        )
+    return out
 
 
 def _size(n: float) -> str:

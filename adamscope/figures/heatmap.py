@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE_STYLE = {  # colour (Okabe-Ito, colour-blind safe), hatch, letter
+    "too_early": ("#EEEEEE", "", "E"),
     "healthy": ("#009E73", "", "H"),
+    "correlated": ("#A6DCC9", "--", "C"),
     "vanishing": ("#56B4E9", "..", "V"),
     "primed": ("#E69F00", "//", "P"),
     "unstable": ("#D55E00", "xx", "U"),

@@ -100,6 +100,11 @@ def run(path: Path, *, options: AnalyzeOptions, progress: Progress | None = None
     if not d.is_main:
         return None
     frames = _merge([t for _, t in done])
+    from adamscope.tables.rows import run_verdicts
+
+    thr = options.stats.thresholds
+    frames["tensors"] = run_verdicts(frames["tensors"], key="tensor", thresholds=thr)
+    frames["layers"] = run_verdicts(frames["layers"], key="layer", thresholds=thr)
     frames.update(_logs(path, options))
     if options.gradients:
         rels = [(_relative(f.path, path), f) for f, _ in done]
@@ -333,7 +338,15 @@ def _merge(parts: list[dict[str, pl.DataFrame] | Path]) -> dict[str, pl.DataFram
             for p in parts
             if isinstance(p, Path) or name in p
         ]
-        merged[name] = pl.concat(frames, how="vertical_relaxed") if frames else io.frame(name, [])
+        empty = io.frame(name, [])
+        if frames:  # parts of an older version may lack newer columns: nulls there
+            df = pl.concat(frames, how="diagonal_relaxed")
+            missing = [
+                pl.lit(None, dt).alias(c) for c, dt in empty.schema.items() if c not in df.columns
+            ]
+            merged[name] = df.with_columns(missing).select(empty.columns)
+        else:
+            merged[name] = empty
     return merged
 
 

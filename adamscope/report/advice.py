@@ -74,6 +74,9 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
                 "dip_r": r0.get("dip_r"),
                 "suppression": r0.get("suppression"),
                 "zero_v": r0.get("zero_v"),
+                "rho_hat": r0.get("rho_hat"),
+                "null_dip_q99": r0.get("null_dip_q99"),
+                "why": r0.get("stage_reason"),
             }
         )
     first = min(rows, key=lambda r: r["flag_ckpt"].index)

@@ -16,7 +16,15 @@ from adamscope.tables.model import Tables
 
 log = logging.getLogger(__name__)
 
-SEVERITY = {None: -1, "healthy": 0, "vanishing": 1, "primed": 2, "unstable": 3}
+SEVERITY = {
+    None: -1,
+    "too_early": -0.5,
+    "healthy": 0,
+    "correlated": 0.5,
+    "vanishing": 1,
+    "primed": 2,
+    "unstable": 3,
+}
 FLAGGED = ("primed", "unstable")
 
 
@@ -176,12 +184,15 @@ TABLE_COLUMNS = [
     ("eps", "eps", "sci"),
     ("grad_over_eps", "grad_rms / eps", "ratio"),
     ("dip_r", "dip(r)", "num"),
-    ("dip_p_r", "p(dip r)", "num"),
+    ("null_dip_q99", "null's dip (99%)", "num"),
+    ("dip_p_null", "p vs null", "num"),
+    ("rho_hat", "rho_hat", "num"),
     ("frac_below_eps", "below eps", "pct"),
     ("u_rms", "rms(u)", "num"),
     ("r_rms", "rms(r)", "num"),
     ("numel", "numel", "int"),
     ("first_flag", "first flagged (step)", "int"),
+    ("stage_reason", "why", "text"),
 ]
 
 

@@ -133,7 +133,8 @@ def _verdict_html(v: advice.Verdict) -> str:
             f"<tr><td>{escape(r['layer'])}</td><td class='n'>{fmt(r['primed'])}</td>"
             f"<td class='n'>{fmt(r['unstable'])}</td><td>{_stage_badge(r['now'])}</td>"
             f"<td class='n'>{fmt(r['grad_rms'])}</td><td class='n'>{fmt(r['dip_r'])}</td>"
-            f"<td class='n'>{fmt(r['suppression'])}</td></tr>"
+            f"<td class='n'>{fmt(r['suppression'])}</td><td class='n'>{fmt(r.get('rho_hat'))}</td>"
+            f"<td class='n'>{fmt(r.get('null_dip_q99'))}</td><td>{escape(r.get('why') or '')}</td></tr>"
             for r in v.layers[:MAX_VERDICT_ROWS]
         )
         more = len(v.layers) - MAX_VERDICT_ROWS
@@ -142,7 +143,8 @@ def _verdict_html(v: advice.Verdict) -> str:
             "<thead><tr><th>layer</th><th class='n'>first primed (step)</th>"
             "<th class='n'>first unstable (step)</th><th>stage at last checkpoint</th>"
             "<th class='n'>grad_rms when flagged</th><th class='n'>dip(r)</th>"
-            f"<th class='n'>suppression</th></tr></thead><tbody>{rows}</tbody></table></div>"
+            "<th class='n'>suppression</th><th class='n'>rho_hat</th><th class='n'>null's dip "
+            f"(99%)</th><th>why (when flagged)</th></tr></thead><tbody>{rows}</tbody></table></div>"
             + (f"<p class='muted'>and {more} more: see the layer table.</p>" if more > 0 else "")
         )
     if v.remedies:

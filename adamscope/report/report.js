@@ -7,7 +7,7 @@
   const table = document.getElementById("layer-table");
   const state = { ck: data.default, key: null, dir: 1, text: "", stage: "", page: 0, size: 50, all: false };
   const $ = (id) => document.getElementById(id);
-  const SEV = { unstable: 3, primed: 2, vanishing: 1, healthy: 0 };
+  const SEV = { unstable: 3, primed: 2, vanishing: 1, correlated: 0.5, healthy: 0, too_early: -0.5 };
 
   function fmt(v, kind) {
     if (v === null || v === undefined) return "\u2013";

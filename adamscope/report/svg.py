@@ -14,18 +14,28 @@ from html import escape
 import numpy as np
 
 from adamscope.report.model import LayerHistory, RunData
-from adamscope.stats.stages import STAGES
+from adamscope.stats.stages import VERDICTS as STAGES
 
 W = 1000  # viewBox width; the SVG scales to its container
 LEFT, RIGHT = 118, 12
-LETTER = {"healthy": "H", "vanishing": "V", "primed": "P", "unstable": "U", None: "·"}
+LETTER = {
+    "too_early": "E",
+    "healthy": "H",
+    "correlated": "C",
+    "vanishing": "V",
+    "primed": "P",
+    "unstable": "U",
+    None: "·",
+}
 MAX_TIPS = 4000  # hover titles per stage map (each costs ~80 bytes)
 
 
 def pattern_defs() -> str:
     """One hidden <svg> with a fill pattern per stage, shared by every figure in the page."""
     marks = {
+        "too_early": '<circle cx="4" cy="4" r="0.8" class="mark"/>',
         "healthy": "",
+        "correlated": '<path d="M0,4 l8,0" class="mark line"/>',
         "vanishing": '<circle cx="2" cy="2" r="1.1" class="mark"/>'
         '<circle cx="6" cy="6" r="1.1" class="mark"/>',
         "primed": '<path d="M-1,1 l2,-2 M0,8 l8,-8 M7,9 l2,-2" class="mark line"/>',
@@ -242,7 +252,10 @@ def _x_axis(x: _X, lo: float, hi: float, y: float) -> str:
 def legend() -> str:
     """Stage swatches with their pattern, letter and meaning (HTML, not SVG text, so it wraps)."""
     meaning = {
+        "too_early": "too early to judge r: independent gradients give a bimodal r this early",
         "healthy": "u and r bell-shaped",
+        "correlated": "u ~ r bimodal beyond the null without vanishing/primed before: "
+        "sign-descent-like, not the theory's chain",
         "vanishing": "gradients below eps: u spiked at 0, r a bell",
         "primed": "u spiked at 0, r bimodal: the early warning",
         "unstable": "u bimodal like r: eps no longer masks it",

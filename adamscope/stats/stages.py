@@ -1,23 +1,42 @@
-"""The theory's stages of a tensor or layer (THEORY.md, Section 6 of Molybog et al.).
+"""The theory's stages of a tensor or layer (THEORY.md, Section 6 of Molybog et al.), judged
+against what gradients independent across steps would give at the checkpoint's own step.
 
-suppressed = rms(u)/rms(r) < thresholds.suppression       (eps swallows the update)
-r bimodal  = dip(r) >= thresholds.dip and p(dip) < thresholds.dip_p
-healthy: neither; vanishing: suppressed only; primed: both; unstable: r bimodal, not suppressed.
+One checkpoint (`classify`, the snapshot):
+    too_early  step < judge_from_step: even independent gradients give a bimodal r this early
+               (r = +-1 exactly at t = 1), so bimodality cannot be told; suppression still can
+    suppressed = rms(u)/rms(r) < thresholds.suppression            (eps swallows the update)
+    r bimodal  = dip(r) >= thresholds.dip and p_null(dip) < thresholds.dip_p
+                 (p_null: the dip's p-value against r's null at this step and sample size)
+    healthy: neither; vanishing: suppressed only; primed: both; unstable: r bimodal, not suppressed.
+
+A run (`verdicts`, the stage users see): a snapshot "unstable" is the theory's unstable stage only
+on the chain healthy -> vanishing -> primed -> unstable, i.e. when the layer's previous judged
+checkpoint was vanishing, primed or unstable. Without that history it is "correlated": strongly
+time-correlated gradients with negligible eps make u ~ r bimodal in healthy training too (Adam
+then moves like sign descent), and one checkpoint cannot tell the two apart.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from adamscope.config import StageThresholds
 
-STAGES = ("healthy", "vanishing", "primed", "unstable")
+STAGES = ("healthy", "vanishing", "primed", "unstable")  # the theory's four
+# every value of the `stage` column (null aside), mildest first
+VERDICTS = ("too_early", "healthy", "correlated", "vanishing", "primed", "unstable")
+CHAIN = ("vanishing", "primed", "unstable")  # what may come right before "unstable"
+
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def classify(row: Mapping[str, Any], thresholds: StageThresholds | None = None) -> str | None:
-    """Stage of a stats row (needs numel, suppression, dip_r, dip_p_r).
+    """Snapshot stage of a stats row (needs numel, suppression, dip_r and dip_p_null or dip_p_r;
+    uses step and judge_from_step when present).
 
     Returns None when the tensor is too small (numel < min_numel) or a statistic is undefined
     (e.g. r_rms == 0: no gradient ever reached the tensor).
@@ -26,11 +45,37 @@ def classify(row: Mapping[str, Any], thresholds: StageThresholds | None = None) 
     numel = row.get("numel")
     if numel is None or numel < thr.min_numel:
         return None
-    sup, dip_r, p_r = row.get("suppression"), row.get("dip_r"), row.get("dip_p_r")
-    if any(x is None or math.isnan(x) for x in (sup, dip_r, p_r)):
+    p_r = row.get("dip_p_null", row.get("dip_p_r"))
+    sup, dip_r = row.get("suppression"), row.get("dip_r")
+    if any(_nan(x) for x in (sup, dip_r, p_r)):
         return None
     suppressed = sup < thr.suppression
+    judge_from, step = row.get("judge_from_step"), row.get("step")
+    if step is not None and not _nan(step) and (judge_from is None or step < judge_from):
+        if "judge_from_step" in row:  # a row with the null's columns: too early, or never
+            return "vanishing" if suppressed else "too_early"
     bimodal = dip_r >= thr.dip and p_r < thr.dip_p
     if suppressed:
         return "primed" if bimodal else "vanishing"
     return "unstable" if bimodal else "healthy"
+
+
+def verdict(snapshot: str | None, previous: str | None) -> str | None:
+    """The stage of a checkpoint given its snapshot and the verdict of the same layer (or tensor)
+    at its previous judged checkpoint (None: no earlier checkpoint, or none judged)."""
+    if snapshot == "unstable" and previous not in CHAIN:
+        return "correlated"
+    return snapshot
+
+
+def verdicts(snapshots: Iterable[str | None]) -> list[str | None]:
+    """Verdicts of one layer's (or tensor's) snapshots in step order: the chain rule above.
+    Checkpoints with no stage (None) or too early to judge do not break or make a chain."""
+    out: list[str | None] = []
+    previous: str | None = None
+    for s in snapshots:
+        v = verdict(s, previous)
+        out.append(v)
+        if v not in (None, "too_early"):
+            previous = v
+    return out

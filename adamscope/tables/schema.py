@@ -66,10 +66,53 @@ _STATS = [
     Column("bc_u", "f64", "Sarle's bimodality coefficient of u (> 5/9 suggests bimodality)"),
     Column("bc_r", "f64", "Sarle's bimodality coefficient of r"),
     Column(
+        "null_r_std",
+        "f64",
+        "std of r at this step for gradients independent across steps (Gaussian, exact): the "
+        "null model of docs/stages.md; 0.226 for (0.9, 0.95) in steady state",
+    ),
+    Column(
+        "null_dip_q99",
+        "f64",
+        "99% quantile of dip(r) on dip_n points under the null (before judge_from_step: the "
+        "Monte Carlo envelope over Gaussian, +-1 and t3 gradients; from it on: diptest's "
+        "unimodal reference)",
+    ),
+    Column(
+        "dip_p_null",
+        "f64",
+        "p-value of dip_r against the null at this step and sample size (from judge_from_step "
+        "on: diptest's p-value, valid against the unimodal null); r is bimodal when dip_r >= "
+        "thresholds.dip and dip_p_null < thresholds.dip_p",
+    ),
+    Column(
+        "judge_from_step",
+        "i64",
+        "first step from which the null of r is unimodal for a dip on dip_n points (before it: "
+        "stage too_early); null when no step qualifies",
+    ),
+    Column(
+        "rho_hat",
+        "f64",
+        "the gradients' time correlation rho (paper Section 4.2: g = rho c_i + e_(i,t)) that "
+        "gives this r_rms at this step; 0 at or below the null, inf at the limit |r| = 1",
+    ),
+    Column("rho_lo", "f64", "low end of rho_hat's interval (model spread +- 1.96 standard errors)"),
+    Column("rho_hi", "f64", "high end of rho_hat's interval"),
+    Column(
+        "stage_snapshot",
+        "str",
+        "the theory's stage from this checkpoint alone: too_early | healthy | vanishing | "
+        "primed | unstable (docs/stages.md); null when numel < min_numel",
+    ),
+    Column(
         "stage",
         "str",
-        "healthy | vanishing | primed | unstable (THEORY.md); null when numel < min_numel",
+        "the verdict: stage_snapshot judged with the run's history; a snapshot 'unstable' "
+        "without vanishing/primed/unstable at the previous judged checkpoint is 'correlated' "
+        "(sign-descent-like: one checkpoint cannot tell)",
     ),
+    Column("stage_reason", "str", "why: the numbers the rule looked at, in one line"),
 ]
 
 _HP = [
