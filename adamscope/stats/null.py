@@ -31,6 +31,7 @@ _SPREAD_EXP = 0.4  # the spread is scaled by (2048/n)**0.4, not the asymptotic *
 _RHO = np.logspace(-3.0, 3.0, 121)  # rho_hat's table grid (plus rho = 0)
 _Z = 1.959963984540054  # two-sided 95% normal quantile for rho_hat's interval
 _SEED = 0x5EED
+_CACHE_VERSION = 1  # bump when any cached table (judge_from_step, rho) changes meaning
 
 
 # ---------------------------------------------------------------- EMA weights and the sampler
@@ -611,6 +612,13 @@ def judge_from_step(
 
 @functools.lru_cache(maxsize=256)
 def _judge(b1: float, b2: float, nb: int, alpha: float) -> int:
+    from adamscope.stats.cache import cached_array
+
+    key = (_CACHE_VERSION, b1, b2, nb, alpha)
+    return int(cached_array("null-judge", key, lambda: np.int64(_judge_scan(b1, b2, nb, alpha))))
+
+
+def _judge_scan(b1: float, b2: float, nb: int, alpha: float) -> int:
     ts = _schedule(_horizons(b1, b2)[1])
     i = 0
     while i < len(ts):
@@ -630,6 +638,14 @@ def _judge(b1: float, b2: float, nb: int, alpha: float) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _rho_table(family: str, b1: float, b2: float, t_eff: int) -> tuple[np.ndarray, np.ndarray]:
+    from adamscope.stats.cache import cached_array
+
+    key = (_CACHE_VERSION, family, b1, b2, t_eff)
+    both = cached_array("null-rho", key, lambda: np.stack(_rho_table_mc(family, b1, b2, t_eff)))
+    return both[0], both[1]
+
+
+def _rho_table_mc(family: str, b1: float, b2: float, t_eff: int) -> tuple[np.ndarray, np.ndarray]:
     """(rms, var): RMS of r and variance of r**2 (raw EMAs) at rho = 0 and on the _RHO grid, for
     the paper's Section 4.2 model g[i, t] = rho c_i + e[i, t] (c fixed per coordinate, e i.i.d.
     in time), c and e both +-1 or both standard normal. One Monte Carlo pool serves every rho

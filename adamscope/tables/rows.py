@@ -15,6 +15,7 @@ from adamscope.stats.bimodality import dip
 from adamscope.stats.sketch import TensorSketch
 from adamscope.stats.stages import classify, verdict, verdicts
 
+JUDGE_N = 65536
 _RHO_GRID = 1.025  # beyond step 64, rho_hat's table is taken at steps 2.5% apart (it moves slowly)
 
 
@@ -93,7 +94,9 @@ def null_columns(
         return out  # a state the null does not describe (the row says so by its nulls)
     kw = {"bias_correction": hp.bias_correction}
     if dip_n >= 4:
-        judge = null.judge_from_step(hp.beta1, hp.beta2, n_sample=dip_n, **kw)
+        # judged as if on the largest dip sample (65,536): later, so conservative, for smaller
+        # ones (the null's bimodality is harder to see on fewer points), and one scan per betas
+        judge = null.judge_from_step(hp.beta1, hp.beta2, n_sample=JUDGE_N, **kw)
         out["judge_from_step"] = judge if judge < null.NEVER else None
         if t < judge:  # the null is itself bimodal here: the full Monte Carlo null
             nm = null.null_stats(hp.beta1, hp.beta2, t, dip_n, convention=conv, **kw)
