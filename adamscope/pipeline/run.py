@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -53,6 +54,8 @@ def run(path: Path, *, options: AnalyzeOptions, progress: Progress | None = None
     out = Path(options.out) if options.out is not None else None
     parts_dir = out / PARTS if out is not None else None
     keys = [fingerprint(f.path) for f in found]
+    if out is not None:
+        check_output(out, inputs=path)
     if d.is_main and parts_dir is not None:
         if out.exists() and not options.resume and parts_dir.exists():  # type: ignore[union-attr]
             shutil.rmtree(parts_dir)  # a fresh run: stale per-checkpoint parts must not leak in
@@ -284,13 +287,50 @@ def _guard(path: Path, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise AdamscopeError(f"{path}: {what} ({type(e).__name__}: {detail})") from e
 
 
+# the temp names this module and tables.io create inside OUT/.parts: `.<key>.<random>` folders
+# (mkdtemp in _write_part) and `.<file>.<random>.tmp` files (io._tmp_beside)
+_OUR_TEMP_DIR = re.compile(r"^\.[0-9a-f]{20}\.[A-Za-z0-9_]{1,16}$")
+_OUR_TEMP_FILE = re.compile(r"^\.[A-Za-z0-9_.-]+\.[A-Za-z0-9_]{1,16}\.tmp$")
+
+
 def _remove_temps(folder: Path) -> None:
-    """Deletes the hidden temp folders/files an interrupted run left in `folder`."""
-    for p in folder.glob(".*"):
-        if p.is_dir():
+    """Deletes the hidden temp folders/files an interrupted run left in `folder`: only names of
+    the shapes we create, never through a symlink, nothing else."""
+    for p in folder.iterdir():
+        if p.is_symlink():
+            continue
+        if p.is_dir() and _OUR_TEMP_DIR.match(p.name):
             shutil.rmtree(p, ignore_errors=True)
-        else:
+        elif p.is_file() and _OUR_TEMP_FILE.match(p.name):
             p.unlink(missing_ok=True)
+
+
+def check_output(out: Path, *, inputs: Path) -> None:
+    """Refuse an output folder that would write into the input or through a symlink: OUT (or
+    its .parts scratch folder) a symlink, an existing file, the input itself or inside it.
+
+    Raises:
+        AdamscopeError: naming OUT and what is wrong with it.
+    """
+    out = Path(out)
+    for p in (out, out / PARTS):
+        if p.is_symlink():
+            raise AdamscopeError(
+                f"{p}: is a symlink; adamscope never writes or deletes through one (pass a real "
+                "folder with -o)"
+            )
+    if out.exists() and not out.is_dir():
+        raise AdamscopeError(f"{out}: exists and is not a folder; pass a folder with -o")
+    if (out / PARTS).exists() and not (out / PARTS).is_dir():
+        raise AdamscopeError(
+            f"{out / PARTS}: exists and is not a folder; remove it or pass another -o"
+        )
+    src, dst = Path(inputs).resolve(), out.resolve()
+    if dst == src or src in dst.parents:
+        raise AdamscopeError(
+            f"{out}: is inside the input {inputs}; the input is never modified: pass an output "
+            "folder outside it with -o"
+        )
 
 
 def _relative(p: Path, root: Path) -> str:

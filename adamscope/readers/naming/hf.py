@@ -59,7 +59,9 @@ def names_from_config(
             if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
                 model = cls(config)
             else:
-                model = transformers.AutoModelForCausalLM.from_config(config)
+                model = transformers.AutoModelForCausalLM.from_config(
+                    config, trust_remote_code=False
+                )
     except Exception as e:  # noqa: BLE001 - any failure to build means "use the fallback", logged
         raise CannotBuild(
             f"cannot build the model from config.json ({type(e).__name__}: {e})"
