@@ -30,6 +30,7 @@ class StageThresholds:
     dip: float = 0.01  # r is "bimodal" when dip(r) >= this ...
     dip_p: float = 0.01  # ... and the dip test's p-value on its sample < this
     min_numel: int = 1000  # tensors/layers smaller than this get no stage
+    u_equals_r: float = 0.9  # the verdict "unstable" needs u ~ r: suppression >= this
 
     def __post_init__(self) -> None:
         _check(
@@ -38,6 +39,10 @@ class StageThresholds:
         _check(0 <= self.dip <= 1, f"dip threshold {self.dip}: needs 0 <= x <= 1")
         _check(0 < self.dip_p < 1, f"dip_p threshold {self.dip_p}: needs 0 < x < 1")
         _check(self.min_numel >= 4, f"min_numel {self.min_numel}: needs >= 4")
+        _check(
+            self.suppression <= self.u_equals_r <= 1,
+            f"u_equals_r {self.u_equals_r}: needs suppression <= x <= 1",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

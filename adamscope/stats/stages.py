@@ -11,7 +11,9 @@ One checkpoint (`classify`, the snapshot):
 
 A run (`verdicts`, the stage users see): a snapshot "unstable" is the theory's unstable stage only
 on the chain healthy -> vanishing -> primed -> unstable, i.e. when the layer's previous judged
-checkpoint was vanishing, primed or unstable. Without that history it is "correlated": strongly
+checkpoint was vanishing, primed or unstable, and u ~ r (suppression >= thresholds.u_equals_r:
+eps no longer masks the update; a layer hovering at the suppression threshold is not "back").
+Without that it is "correlated": strongly
 time-correlated gradients with negligible eps make u ~ r bimodal in healthy training too (Adam
 then moves like sign descent), and one checkpoint cannot tell the two apart.
 """
@@ -60,21 +62,33 @@ def classify(row: Mapping[str, Any], thresholds: StageThresholds | None = None) 
     return "unstable" if bimodal else "healthy"
 
 
-def verdict(snapshot: str | None, previous: str | None) -> str | None:
-    """The stage of a checkpoint given its snapshot and the verdict of the same layer (or tensor)
-    at its previous judged checkpoint (None: no earlier checkpoint, or none judged)."""
-    if snapshot == "unstable" and previous not in CHAIN:
-        return "correlated"
-    return snapshot
+def verdict(
+    snapshot: str | None,
+    previous: str | None,
+    *,
+    suppression: float | None = None,
+    thresholds: StageThresholds | None = None,
+) -> str | None:
+    """The stage of a checkpoint given its snapshot, its suppression and the verdict of the same
+    layer (or tensor) at its previous judged checkpoint (None: no earlier one, or none judged)."""
+    if snapshot != "unstable":
+        return snapshot
+    thr = thresholds or StageThresholds()
+    back = suppression is not None and not _nan(suppression) and suppression >= thr.u_equals_r
+    return "unstable" if previous in CHAIN and back else "correlated"
 
 
-def verdicts(snapshots: Iterable[str | None]) -> list[str | None]:
-    """Verdicts of one layer's (or tensor's) snapshots in step order: the chain rule above.
-    Checkpoints with no stage (None) or too early to judge do not break or make a chain."""
+def verdicts(
+    snapshots: Iterable[tuple[str | None, float | None]],
+    thresholds: StageThresholds | None = None,
+) -> list[str | None]:
+    """Verdicts of one layer's (or tensor's) (snapshot, suppression) pairs in step order, by the
+    chain rule above. Checkpoints with no stage (None) or too early to judge do not break or make
+    a chain."""
     out: list[str | None] = []
     previous: str | None = None
-    for s in snapshots:
-        v = verdict(s, previous)
+    for s, sup in snapshots:
+        v = verdict(s, previous, suppression=sup, thresholds=thresholds)
         out.append(v)
         if v not in (None, "too_early"):
             previous = v

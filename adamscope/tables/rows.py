@@ -68,7 +68,7 @@ def stats_row(sk: TensorSketch, thresholds: StageThresholds | None = None) -> di
     }
     snap = classify({**row, "step": sk.step}, thr)
     row["stage_snapshot"] = snap
-    row["stage"] = verdict(snap, None)
+    row["stage"] = verdict(snap, None, suppression=row["suppression"], thresholds=thr)
     row["stage_reason"] = reason(row, step=sk.step, previous=None, thresholds=thr)
     return row
 
@@ -142,8 +142,9 @@ def reason(
         )
     if stage == "correlated":
         return (
-            f"r bimodal beyond the null ({dip_}; {rho}), u not suppressed ({sup}), and no "
-            "vanishing/primed before it: sign-descent-like, one checkpoint cannot tell unstable"
+            f"r bimodal beyond the null ({dip_}; {rho}), u not suppressed ({sup}), but not right "
+            f"after vanishing/primed with u ~ r (suppression >= {thresholds.u_equals_r}): "
+            "sign-descent-like; one checkpoint cannot tell unstable"
         )
     if stage == "unstable" and previous is not None:
         return f"{dip_}; {rho}; {sup}; after {previous[0]} at step {previous[1]}"
@@ -161,7 +162,7 @@ def run_verdicts(df: pl.DataFrame, *, key: str, thresholds: StageThresholds) -> 
     why: dict[int, str | None] = {}
     for _, grp in order.group_by(key, maintain_order=True):
         rows = grp.to_dicts()
-        judged = verdicts(r["stage_snapshot"] for r in rows)
+        judged = verdicts(((r["stage_snapshot"], r["suppression"]) for r in rows), thresholds)
         previous: tuple[str, int] | None = None
         for r, v in zip(rows, judged, strict=True):
             r["stage"] = v

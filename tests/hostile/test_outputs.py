@@ -95,7 +95,9 @@ def test_remote_code_prompt_never_runs_the_checkpoint_code(tmp_path: Path) -> No
     shutil.copytree(FIXTURES / "hf_trainer" / "llama" / "checkpoint-10", ckpt)
     marker = tmp_path / "PWNED"
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg.update(model_type="adamscope_evil", auto_map={"AutoConfig": "configuration_evil.EvilConfig"})
+    cfg.update(
+        model_type="adamscope_evil", auto_map={"AutoConfig": "configuration_evil.EvilConfig"}
+    )
     (ckpt / "config.json").write_text(json.dumps(cfg))
     (ckpt / "configuration_evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('ran')\n"

@@ -137,3 +137,29 @@ def test_synthetic_fixture_stats_and_stages() -> None:
         assert row["stage_snapshot"] == want, name
         assert row["stage"] == ("correlated" if want == "unstable" else want), name
         assert stats_row(merge_layer([sk]))["stage_snapshot"] == want
+
+
+def test_verdicts_follow_the_chain() -> None:
+    from adamscope.stats.stages import verdicts
+
+    # the theory's walk: unstable right after primed, with u ~ r, and while it lasts
+    walk = [
+        ("healthy", 1.0),
+        ("vanishing", 0.01),
+        ("primed", 0.05),
+        ("unstable", 1.0),
+        ("unstable", 0.99),
+        ("healthy", 1.0),
+    ]
+    assert verdicts(walk) == ["healthy", "vanishing", "primed", "unstable", "unstable", "healthy"]
+    # bimodal and unsuppressed with no history, or after healthy: correlated (sign-descent-like)
+    assert verdicts([("unstable", 1.0)]) == ["correlated"]
+    assert verdicts([("healthy", 1.0), ("unstable", 1.0)]) == ["healthy", "correlated"]
+    # too early / not judged neither make nor break a chain
+    assert verdicts([("primed", 0.1), ("too_early", 0.1), (None, None), ("unstable", 0.95)])[
+        -1
+    ] == ("unstable")
+    # a layer hovering at the suppression threshold (the proxy's lm_head, 0.49-0.58) is not
+    # "back above eps": one primed checkpoint must not make every later one unstable
+    hover = [("primed", 0.49), ("unstable", 0.55), ("unstable", 0.58), ("primed", 0.49)]
+    assert verdicts(hover) == ["primed", "correlated", "correlated", "primed"]
