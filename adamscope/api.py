@@ -57,7 +57,9 @@ def analyze(
     """
     from adamscope.pipeline.run import run
 
-    opts = (options or AnalyzeOptions()).updated(**kw) if kw else (options or AnalyzeOptions())
+    opts = options or AnalyzeOptions()
+    if kw:
+        opts = opts.updated(**kw)
     result = run(Path(path), options=opts, progress=progress)
     if result is None:  # a rank other than 0: the tables live on rank 0
         import polars as pl

@@ -48,6 +48,7 @@ from typing import Any
 import polars as pl
 
 from adamscope.config import StageThresholds
+from adamscope.report import svg
 from adamscope.stats.stages import classify
 
 log = logging.getLogger(__name__)
@@ -202,14 +203,8 @@ def evaluate(tables: Path, opts: SignalOptions) -> dict[str, Any]:
     return result
 
 
-LETTER = {
-    "too_early": "E",
-    "healthy": "H",
-    "correlated": "C",
-    "vanishing": "V",
-    "primed": "P",
-    "unstable": "U",
-}
+# the report's stage letters (None, not judged, is drawn as '.' here)
+LETTER = {k: v for k, v in svg.LETTER.items() if k is not None}
 
 
 def stage_timeline(tables: Path, start: int, *, before: int = 12, after: int = 8) -> str:

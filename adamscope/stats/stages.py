@@ -52,9 +52,9 @@ def classify(row: Mapping[str, Any], thresholds: StageThresholds | None = None) 
     if any(_nan(x) for x in (sup, dip_r, p_r)):
         return None
     suppressed = sup < thr.suppression
-    judge_from, step = row.get("judge_from_step"), row.get("step")
-    if step is not None and not _nan(step) and (judge_from is None or step < judge_from):
-        if "judge_from_step" in row:  # a row with the null's columns: too early, or never
+    if "judge_from_step" in row and not _nan(step := row.get("step")):  # a row with the null
+        judge_from = row["judge_from_step"]  # None: the null never turns unimodal
+        if judge_from is None or step < judge_from:
             return "vanishing" if suppressed else "too_early"
     bimodal = dip_r >= thr.dip and p_r < thr.dip_p
     if suppressed:
