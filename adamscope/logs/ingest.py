@@ -151,7 +151,7 @@ def ingest_layer_norms(
         except AdamscopeError as e:
             if f in explicit:
                 raise
-            log.warning("skipping %s", e)
+            log.debug("skipping %s", e)  # ingest(), always called first, warned about it
             continue
         for col in wide.columns:
             m = regex.match(col) if col != "step" else None
@@ -186,6 +186,8 @@ def _files(paths: Path | Sequence[Path]) -> tuple[list[Path], set[Path]]:
 
 
 def _losses(wide: pl.DataFrame, *, path: Path, loss_key: str | None) -> pl.DataFrame:
+    if not len(wide):  # nothing logged yet (an early save's empty log_history): no rows, no error
+        return pl.DataFrame(schema=LOSS_SCHEMA)
     cols = [c for c in wide.columns if c != "step"]
     key = _pick(cols, loss_key, LOSS_KEYS)
     if key is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from adamscope.errors import AdamscopeError
+from adamscope.readers import guard
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,17 @@ def read_wide(path: Path, *, step_key: str | None = None) -> pl.DataFrame:
         if kind == "jsonl":
             return _from_records(_jsonl(path), path=path, step_key=step_key)
         return _csv(path, step_key=step_key)
+    except AdamscopeError:
+        raise
     except (OSError, UnicodeDecodeError) as e:
         raise AdamscopeError(f"{path}: cannot read log ({e})") from e
+    except (ValueError, OverflowError, RecursionError, MemoryError, pl.exceptions.PolarsError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise AdamscopeError(f"{path}: cannot read log ({type(e).__name__}: {detail})") from e
 
 
 def _trainer_state(path: Path) -> list[dict[str, Any]]:
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AdamscopeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    state = guard.read_json(path, limit=guard.JSON_BYTES, what="trainer_state.json")
     history = state.get("log_history") if isinstance(state, dict) else None
     if not isinstance(history, list):
         raise AdamscopeError(f"{path}: no 'log_history' list; not a Trainer trainer_state.json?")
@@ -78,16 +80,25 @@ def _trainer_state(path: Path) -> list[dict[str, Any]]:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """One record per line; a line longer than guard.LINE_BYTES is refused before it is parsed
+    (a log line of gigabytes is not a metrics record)."""
+    guard.regular_file(path, limit=guard.LOG_BYTES, what="training log")
     records = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(guard.LINE_BYTES + 1), b""), 1):
+            if len(raw) > guard.LINE_BYTES and not raw.endswith(b"\n"):
+                raise AdamscopeError(
+                    f"{path}:{lineno}: line longer than {guard.LINE_BYTES} bytes; not a log record"
+                )
+            line = raw.strip()
             if not line:
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise AdamscopeError(f"{path}:{lineno}: not a JSON object ({e.msg})") from e
+            except (ValueError, RecursionError) as e:
+                raise AdamscopeError(f"{path}:{lineno}: not a JSON object ({e!s:.100})") from e
             if isinstance(obj, dict):
                 records.append(_flatten(obj))
     return records
@@ -122,6 +133,8 @@ def _from_records(
     records: Iterable[dict[str, Any]], *, path: Path, step_key: str | None
 ) -> pl.DataFrame:
     rows = list(records)
+    if not rows:  # e.g. an early save's empty log_history: nothing logged yet
+        return pl.DataFrame(schema={"step": pl.Int64})
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))
@@ -130,7 +143,7 @@ def _from_records(
     steps: list[int | None] = []
     for i, r in enumerate(rows):
         s = _number(r.get(skey)) if skey else float(i)
-        steps.append(None if s is None or not math.isfinite(s) else int(s))
+        steps.append(None if s is None or not -_STEP_MAX <= s <= _STEP_MAX else int(s))
         for k in cols:
             cols[k].append(_number(r.get(k)))
     numeric = {k: v for k, v in cols.items() if any(x is not None for x in v)}
@@ -139,6 +152,9 @@ def _from_records(
         schema={"step": pl.Int64, **{k: pl.Float64 for k in numeric}},
     )
     return df.filter(pl.col("step").is_not_null()).sort("step", maintain_order=True)
+
+
+_STEP_MAX = float(1 << 62)  # a step outside Int64 (1e30, inf, NaN) is not a step: dropped
 
 
 def _pick_step(keys: list[str], *, path: Path, step_key: str | None) -> str | None:
@@ -156,6 +172,7 @@ def _pick_step(keys: list[str], *, path: Path, step_key: str | None) -> str | No
 
 
 def _csv(path: Path, *, step_key: str | None) -> pl.DataFrame:
+    guard.regular_file(path, limit=guard.LOG_BYTES, what="training log")
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         raw = pl.read_csv(path, separator=sep, infer_schema=False)  # all strings: we parse numbers
@@ -168,7 +185,9 @@ def _csv(path: Path, *, step_key: str | None) -> pl.DataFrame:
     if skey is None:
         values = values.with_row_index("step").with_columns(pl.col("step").cast(pl.Int64))
     else:
-        values = values.rename({skey: "step"}).with_columns(pl.col("step").cast(pl.Int64))
+        values = values.rename({skey: "step"}).with_columns(
+            pl.col("step").cast(pl.Int64, strict=False)  # 1e30, inf, NaN: not a step, dropped
+        )
     keep = [c for c in values.columns if c != "step" and values[c].null_count() < len(values)]
     values = values.select("step", *keep).filter(pl.col("step").is_not_null())
     return values.sort("step", maintain_order=True)

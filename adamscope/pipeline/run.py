@@ -245,12 +245,29 @@ def _consecutive_gradients(
 
 def _logs(path: Path, options: AnalyzeOptions) -> dict[str, pl.DataFrame]:
     """The losses table (and grad_norms, when per-layer norms were logged) from the logs given,
-    or found in the run folder; nothing when there are none."""
-    from adamscope.logs import LAYER_NORM_PATTERN, find_logs, ingest, ingest_layer_norms
+    or found in the run folder; nothing when there are none.
 
-    paths = list(options.logs) or (find_logs(path) if path.is_dir() else [])
-    if not paths:
+    Logs named with `logs=` must be readable (their errors are the user's to fix); logs found in
+    the run folder are a bonus: one that cannot be read is skipped with a warning, never failing
+    the analysis whose tables are already computed.
+    """
+    if options.logs:
+        return _read_logs(list(options.logs), options)
+    if not path.is_dir():
         return {}
+    try:  # the folder itself: files found in it are not explicit, so ingest skips bad ones
+        return _read_logs([path], options)
+    except AdamscopeError as e:
+        log.warning("training logs under %s not used: %s", path, e)
+    except Exception as e:  # noqa: BLE001 - auto-found logs never fail an analysis
+        log.debug("%s: reading training logs", path, exc_info=True)
+        log.warning("training logs under %s not used (%s: %.200s)", path, type(e).__name__, e)
+    return {}
+
+
+def _read_logs(paths: list[Path], options: AnalyzeOptions) -> dict[str, pl.DataFrame]:
+    from adamscope.logs import LAYER_NORM_PATTERN, ingest, ingest_layer_norms
+
     losses = ingest(
         paths, loss_key=options.loss_key, step_key=options.step_key, missing_ok=not options.logs
     )

@@ -27,8 +27,8 @@ global_stepN/); they raise UnsupportedFormatError for now.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,12 +127,18 @@ class HFTrainerReader:
         return self._sd
 
     def _global_step(self) -> int | None:
-        try:
-            step = json.loads((self.path / "trainer_state.json").read_text()).get("global_step")
-            return int(step) if step is not None else None
-        except (OSError, ValueError, TypeError):
+        """trainer_state.json's global_step (read with a byte cap: a FIFO, a file of GBs, bad
+        JSON or a step that is not an integer is a broken checkpoint); without the file, the
+        folder name's number."""
+        from adamscope.readers import guard
+
+        f = self.path / "trainer_state.json"
+        if not os.path.lexists(f):
             m = re.search(r"(\d+)$", self.path.name)
             return int(m.group(1)) if m else None
+        state = guard.read_json(f, what="trainer_state.json")
+        step = state.get("global_step") if isinstance(state, dict) else None
+        return None if step is None else guard.finite_int(step, source=f, what="global_step")
 
     def _param_names(self) -> list[str]:
         from adamscope.readers.optim_state import param_names_from_groups

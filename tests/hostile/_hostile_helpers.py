@@ -1,10 +1,18 @@
-"""Helpers of the hostile-input tests: mutate real fixture files, run the CLI, hash trees."""
+"""Helpers of the hostile-input tests: mutate real fixture files, run the CLI, hash trees, run a
+block under a time and memory bound, make sparse files and FIFOs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 import shutil
+import signal
+import time
+import tracemalloc
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -81,3 +89,60 @@ def tree_hashes(root: Path) -> dict[str, tuple[str, int, int]]:
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
             out[str(p.relative_to(root))] = (digest, st.st_size, st.st_mtime_ns)
     return out
+
+
+class Overran(BaseException):
+    """A bounded block ran past its time limit (BaseException: no `except Exception` eats it)."""
+
+
+@contextlib.contextmanager
+def bounded(seconds: float, *, megabytes: float | None = None) -> Iterator[dict[str, float]]:
+    """Runs the block under a wall-clock limit (SIGALRM; a blocked open() or read() is
+    interrupted too) and, with `megabytes`, checks the peak Python heap it allocated
+    (tracemalloc: bytes, JSON objects, pickle values; numpy buffers included). Yields a dict that
+    holds `seconds` and `peak_mb` once the block is done; set ADAMSCOPE_HOSTILE_LOG=FILE to append
+    them there as JSON lines (the numbers of docs/security.md)."""
+
+    def alarm(*_: object) -> None:
+        raise Overran(f"ran past {seconds} s")
+
+    measured: dict[str, float] = {}
+    old = signal.signal(signal.SIGALRM, alarm)
+    if megabytes is not None:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield measured
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        measured["seconds"] = time.perf_counter() - t0
+        if megabytes is not None:
+            measured["peak_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
+            tracemalloc.stop()
+        _record(measured)
+    if megabytes is not None:
+        assert measured["peak_mb"] < megabytes, f"peak {measured['peak_mb']:.0f} MB"
+
+
+def _record(measured: dict[str, float]) -> None:
+    target = os.environ.get("ADAMSCOPE_HOSTILE_LOG")
+    if target:
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        with open(target, "a") as f:
+            f.write(json.dumps({"case": case, **measured}) + "\n")
+
+
+def sparse(path: Path, size: int, *, head: bytes = b"") -> Path:
+    """A file of `size` bytes that takes no disk space beyond `head` (a hole after it)."""
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe nobody writes to: opening it for reading would block forever."""
+    os.mkfifo(path)
+    return path
