@@ -31,12 +31,32 @@ _EXPORTS = {
     "AdamscopeError": "adamscope.errors",
     "write_report": "adamscope.report.render",
 }
-_SUBMODULES = ("figures", "report", "forensics", "readers", "stats", "tables", "logs", "sim")
+_SUBMODULES = (
+    "figures",
+    "report",
+    "forensics",
+    "readers",
+    "stats",
+    "tables",
+    "logs",
+    "sim",
+    "monitor",
+)
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 if TYPE_CHECKING:
-    from adamscope import figures, forensics, logs, readers, report, sim, stats, tables  # noqa: F401
+    from adamscope import (  # noqa: F401
+        figures,
+        forensics,
+        logs,
+        monitor,
+        readers,
+        report,
+        sim,
+        stats,
+        tables,
+    )
     from adamscope.api import analyze, inspect, load  # noqa: F401
     from adamscope.config import AnalyzeOptions, ReaderOptions, StageThresholds, StatsConfig  # noqa: F401
     from adamscope.errors import AdamscopeError  # noqa: F401
@@ -51,7 +71,9 @@ def _module(name: str) -> Any:
     lookups below never come back to `__getattr__`."""
     import sys
 
-    if name in ("figures", "write_report", "report"):
+    if name == "monitor":
+        import adamscope.monitor  # noqa: F401
+    elif name in ("figures", "write_report", "report"):
         import adamscope.figures
         import adamscope.report.render  # noqa: F401
     elif name in ("forensics", "readers", "stats", "logs", "sim", "tables", "Tables"):

@@ -50,8 +50,9 @@ class CheckpointTables:
         self.tensor_histograms = tensor_histograms
         self.rows: list[dict[str, Any]] = []
         self.bins: list[tuple[str, pl.DataFrame]] = []  # (tensor name, its non-empty bins)
-        self.pending: dict[str, tuple[TensorMeta, Any, int]] = {}  # pieces still arriving
-        self.layers: dict[tuple, tuple[Any, int]] = {}  # key -> (running sketch, n_tensors)
+        self.pending: dict[str, tuple[TensorMeta, Any, int, Any]] = {}  # pieces still arriving
+        # key -> (running sketch, n_tensors, running live sketch or None)
+        self.layers: dict[tuple, tuple[Any, int, Any]] = {}
         self.layer_of: dict[str, tuple] = {}
         self.steps: Counter[int] = Counter()
         self._pool: Any = None
@@ -89,19 +90,21 @@ class CheckpointTables:
             self._pool.shutdown()
             self._pool = None
 
-    def add(self, meta: TensorMeta, sk: Any) -> None:
+    def add(self, meta: TensorMeta, sk: Any, live: Any = None) -> None:
+        """One tensor's (or piece's) sketch; `live`: its monitor.live.LiveSketch (live runs)."""
         if meta.piece is None:
-            self._finish(meta, sk)
+            self._finish(meta, sk, live)
             return
-        first, merged, seen = self.pending.pop(meta.name, (meta, None, 0))
+        first, merged, seen, mlive = self.pending.pop(meta.name, (meta, None, 0, None))
         merged = sk if merged is None else merged.merge(sk)
+        mlive = live if mlive is None else mlive if live is None else mlive.merge(live)
         seen += sk.numel
         if seen >= meta.piece[1]:
-            self._finish(first, merged)
+            self._finish(first, merged, mlive)
         else:
-            self.pending[meta.name] = (first, merged, seen)
+            self.pending[meta.name] = (first, merged, seen, mlive)
 
-    def _finish(self, meta: TensorMeta, sk: Any) -> None:
+    def _finish(self, meta: TensorMeta, sk: Any, live: Any = None) -> None:
         from adamscope.stats.engine import merge_layer
         from adamscope.tables.layers import layer_key
 
@@ -123,27 +126,29 @@ class CheckpointTables:
                 "lr": meta.hp.lr,
                 "weight_decay": meta.hp.weight_decay,
                 **stats_row(sk),
+                **(live.columns() if live is not None else {}),
             }
         )
         if self.tensor_histograms:
             self.bins.append((meta.name, _bins(sk)))
         key = layer_key(meta.name)
         self.layer_of[meta.name] = key
-        running, n = self.layers.get(key, (None, 0))
+        running, n, rlive = self.layers.get(key, (None, 0, None))
         label = "/".join(str(k) for k in key)
         parts = [sk] if running is None else [running, sk]
-        self.layers[key] = (merge_layer(parts, name=label), n + 1)
+        rlive = live if rlive is None else rlive if live is None else rlive.merge(live)
+        self.layers[key] = (merge_layer(parts, name=label), n + 1, rlive)
 
     def frames(self) -> dict[str, pl.DataFrame]:
         from adamscope.tables.layers import assign_layers
 
         self.drain()
 
-        for name, (meta, sk, seen) in list(self.pending.items()):
+        for name, (meta, sk, seen, live) in list(self.pending.items()):
             log.warning(
                 "%s: '%s': pieces cover %d of %d elements", self.path, name, seen, meta.piece[1]
             )
-            self._finish(meta, sk)
+            self._finish(meta, sk, live)
         self.pending.clear()
         if not self.rows:
             raise AdamscopeError(f"{self.path}: the optimizer state holds no parameter tensors")
@@ -155,7 +160,7 @@ class CheckpointTables:
         for r in self.rows:
             r.update(ident, layer=assigned[r["tensor"]].layer, depth=assigned[r["tensor"]].depth)
         l_rows, hist = [], []
-        for key, (sk, n) in self.layers.items():
+        for key, (sk, n, live) in self.layers.items():
             layer, depth = label[key]
             l_rows.append(
                 {
@@ -165,6 +170,7 @@ class CheckpointTables:
                     "depth": depth,
                     "n_tensors": n,
                     **stats_row(sk),
+                    **(live.columns() if live is not None else {}),
                 }
             )
             hist.append(

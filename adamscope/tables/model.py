@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +169,12 @@ def load(out: Path) -> Tables:
             f"{out}: not a folder of tables; run `adamscope analyze PATH -o {out}`"
         )
     frames: dict[str, pl.DataFrame | None] = {}
+    live = _live_parts(out)
     for name, file in FILES.items():
         path = out / file
+        if not path.is_file() and live.get(name):
+            frames[name] = _stack(name, live[name])
+            continue
         if not path.is_file():
             if name in ("tensors", "layers"):
                 raise AdamscopeError(
@@ -184,6 +188,15 @@ def load(out: Path) -> Tables:
             raise AdamscopeError(
                 f"{path}: not a readable Parquet table ({type(e).__name__})"
             ) from e
+    if live.get("tensors") and not (out / FILES["tensors"]).is_file():
+        from adamscope.config import StageThresholds
+        from adamscope.tables.rows import run_verdicts
+
+        known = asdict(StageThresholds())
+        given = {k: v for k, v in _thresholds(out).items() if k in known}
+        thr = StageThresholds(**{**known, **given})
+        frames["tensors"] = run_verdicts(frames["tensors"], key="tensor", thresholds=thr)  # type: ignore[arg-type]
+        frames["layers"] = run_verdicts(frames["layers"], key="layer", thresholds=thr)  # type: ignore[arg-type]
     manifest: dict[str, Any] = {}
     mpath = out / MANIFEST
     if mpath.is_file():
@@ -210,6 +223,44 @@ def load(out: Path) -> Tables:
         checkpoints=ckpts,
         failures=failures,
     )
+
+
+LIVE = "live"  # adamscope.monitor's parts: OUT/live/<table>/*.parquet, one per flush
+
+
+def _live_parts(out: Path) -> dict[str, list[Path]]:
+    """{table: its part files in name (= step) order} of a monitored run; {} otherwise. Temporary
+    files of a flush in progress (dot-names) are not parts."""
+    root = out / LIVE
+    if not root.is_dir() or root.is_symlink():
+        return {}
+    return {
+        name: sorted(p for p in (root / name).glob("*.parquet") if not p.name.startswith("."))
+        for name in FILES
+        if (root / name).is_dir()
+    }
+
+
+def _stack(name: str, parts: list[Path]) -> pl.DataFrame:
+    """The parts of one table stacked (a column a part lacks is null there)."""
+    from adamscope.errors import AdamscopeError
+
+    frames = []
+    for p in parts:
+        try:
+            frames.append(pl.read_parquet(p))
+        except Exception as e:  # noqa: BLE001 - one line naming the file
+            raise AdamscopeError(f"{p}: not a readable Parquet part ({type(e).__name__})") from e
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _thresholds(out: Path) -> dict[str, Any]:
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+        thr = m.get("thresholds") if isinstance(m, dict) else None
+        return thr if isinstance(thr, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def as_tables(tables: Tables | str | os.PathLike[str]) -> Tables:

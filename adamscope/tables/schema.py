@@ -115,6 +115,43 @@ _STATS = [
     Column("stage_reason", "str", "why: the numbers the rule looked at, in one line"),
 ]
 
+# Written by adamscope.monitor from inside training (null in analyze's tables: a checkpoint does
+# not hold the gradient of its last step). adamscope/monitor/live.py has the definitions.
+_LIVE = [
+    Column(
+        "g_norm",
+        "f64",
+        "monitor only: L2 norm of p.grad at the step (after unscaling/clipping; coupled L2 decay "
+        "not included)",
+    ),
+    Column("g_rms", "f64", "monitor only: RMS of p.grad (compare grad_rms, the v_hat estimate)"),
+    Column(
+        "g2_vhat_mean",
+        "f64",
+        "monitor only: mean of g^2 / v_hat over coordinates with v_hat > 0 (Bai et al. 2025)",
+    ),
+    Column(
+        "g2_vhat_q50",
+        "f64",
+        "monitor only: median of g^2 / v_hat (from a 20-bins-a-decade histogram: within 12%)",
+    ),
+    Column("g2_vhat_q90", "f64", "monitor only: 90% quantile of g^2 / v_hat (same histogram)"),
+    Column("g2_vhat_q99", "f64", "monitor only: 99% quantile of g^2 / v_hat (same histogram)"),
+    Column("g2_vhat_gt1", "f64", "monitor only: share of coordinates with g^2 / v_hat > 1"),
+    Column(
+        "update_rms",
+        "f64",
+        "monitor only: RMS of the parameter change of the step, lr * u plus AdamW's "
+        "lr * wd * theta (the update norm that doubles before spikes in Marin 32B)",
+    ),
+    Column(
+        "update_grad_cos",
+        "f64",
+        "monitor only: sum(u g) / sqrt(sum u^2 sum g^2), the update's cosine with p.grad",
+    ),
+]
+LIVE_COLUMNS = tuple(c.name for c in _LIVE)
+
 _HP = [
     Column("beta1", "f64", "Adam beta1 of the parameter's group"),
     Column("beta2", "f64", "Adam beta2"),
@@ -134,6 +171,7 @@ TENSORS = [
     Column("dtype", "str", "dtype of exp_avg as stored"),
     *_HP,
     *_STATS,
+    *_LIVE,
 ]
 
 LAYERS = [
@@ -142,6 +180,7 @@ LAYERS = [
     Column("depth", "i64", "layer position in depth order"),
     Column("n_tensors", "i64", "parameter tensors merged into this layer"),
     *_STATS,
+    *_LIVE,
 ]
 
 HISTOGRAMS = [
