@@ -156,7 +156,12 @@ _HP = [
     Column("beta1", "f64", "Adam beta1 of the parameter's group"),
     Column("beta2", "f64", "Adam beta2"),
     Column("eps", "f64", "Adam eps"),
-    Column("lr", "f64", "learning rate stored in the group (already advanced by the scheduler)"),
+    Column(
+        "lr",
+        "f64",
+        "learning rate of the group: as stored in a checkpoint (already advanced by the "
+        "scheduler); the monitor records the lr the step used",
+    ),
     Column("weight_decay", "f64", "weight decay of the group"),
 ]
 

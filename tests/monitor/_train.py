@@ -15,8 +15,9 @@ import torch
 from adamscope.sim import proxy
 from adamscope.tables.schema import LIVE_COLUMNS
 
-# columns analyze and the monitor both compute (ids, names and stage texts aside)
-SKIP = {"checkpoint", "stage", "stage_reason", *LIVE_COLUMNS}
+# columns analyze and the monitor both compute (ids, names and stage texts aside; lr differs by
+# design: a checkpoint stores the scheduler's next lr, the monitor records the one the step used)
+SKIP = {"checkpoint", "stage", "stage_reason", "lr", *LIVE_COLUMNS}
 
 
 def tiny_config(**kw: Any) -> proxy.ProxyConfig:
