@@ -111,8 +111,41 @@ def bench(
         bool,
         typer.Option(help="Measure the hand-written baseline (slow, needs the whole file in RAM)."),
     ] = True,
+    monitor: Annotated[
+        bool,
+        typer.Option(
+            "--monitor",
+            help="Measure adamscope.monitor's overhead on training step time instead "
+            "(blocks of steps without and with it, interleaved).",
+        ),
+    ] = False,
+    monitor_model: Annotated[
+        str, typer.Option(help="With --monitor: proxy (CPU-sized) or gpt125m (GPU-sized).")
+    ] = "proxy",
+    every: Annotated[int, typer.Option(min=1, help="With --monitor: steps between flushes.")] = 10,
+    steps: Annotated[
+        int, typer.Option(min=1, help="With --monitor: training steps per timed block.")
+    ] = 50,
+    threads: Annotated[
+        int, typer.Option(min=0, help="With --monitor: torch threads for training (0: as set).")
+    ] = 1,
 ) -> None:
-    """Measure analyze against the floor (reading every byte) and a hand-written numpy script."""
+    """Measure analyze against the floor (reading every byte) and a hand-written numpy script;
+    with --monitor, the live monitor's share of training step time."""
+    if monitor:
+        from adamscope.perf.monitor_bench import run_monitor_bench
+
+        res = run_monitor_bench(
+            model=monitor_model,
+            device="cpu" if device == "auto" else device,
+            every=every,
+            steps=steps,
+            reps=reps,
+            threads=threads or None,
+            say=lambda x: typer.echo(x, err=True),
+        )
+        typer.echo(res.report())
+        return
     from adamscope.perf.bench import KINDS, parse_count, run_bench
 
     result = run_bench(

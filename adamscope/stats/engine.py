@@ -85,7 +85,7 @@ def tensor_state_from_tensors(
     )
 
 
-def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
+def summarize(ts: TensorState, cfg: StatsConfig, *, workers: int | None = None) -> TensorSketch:
     """One streaming pass over `ts.chunks(cfg.chunk_elems)` -> the tensor's (or piece's) sketch.
 
     A reader thread fetches (and, on a GPU, copies) the next chunk while the current one is reduced.
@@ -93,6 +93,8 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     itself single-threaded: on a busy machine OpenMP's barriers between the threads of every small
     op cost more than the ops); each worker folds with its own `Folder`. The per-block scalars are
     merged in block order, so the result does not depend on the number of workers.
+    `workers` fixes their number and leaves torch's (process-wide) thread count alone: for callers
+    on a side thread of a training process, which owns that setting.
 
     Raises:
         AdamscopeError: invalid hyper-parameters/step, or a reader that yields a different number
@@ -110,7 +112,8 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     threads = torch.get_num_threads()
     # small tensors: one block, run inline
     big = cpu and min(total, cfg.chunk_elems) > block
-    workers = max(1, _WORKERS or threads) if big else 1
+    fixed = workers is not None
+    workers = (workers if fixed else max(1, _WORKERS or threads)) if big else 1
     folders = [Folder(k, cfg, device) for _ in range(workers)]
     blocks = _Blocks(folders, _pool(workers) if workers > 1 else None)
     fused_samples: list[tuple[np.ndarray, ...]] = []  # (idx, u, r, ok) the kernel fills in
@@ -120,7 +123,7 @@ def summarize(ts: TensorState, cfg: StatsConfig) -> TensorSketch:
     n_blocks = 0
     warned = False
     chunks = ChunkPrefetch(ts.chunks(cfg.chunk_elems), device) if total > cfg.chunk_elems else None
-    toggle = threads > 1 and cpu
+    toggle = threads > 1 and cpu and not fixed
     if toggle:
         torch.set_num_threads(1)
     try:

@@ -54,6 +54,11 @@ def _horizons(b1: float, b2: float) -> tuple[int, int]:
     return j, h
 
 
+def horizon(b1: float, b2: float) -> int:
+    """The step from which r's null no longer changes with t (its tables are those of this step)."""
+    return int(_horizons(b1, b2)[1])
+
+
 def _t_eff(b1: float, b2: float, t: float) -> int:
     """The step whose null has r's shape at step t: past H nothing that matters changes."""
     return int(min(round(t) if math.isfinite(t) else math.inf, _horizons(b1, b2)[1]))

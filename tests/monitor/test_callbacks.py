@@ -51,7 +51,9 @@ def test_hf_callback_equals_analyze_of_checkpoint(tmp_path):
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb])
     trainer.train()
     live = adamscope.load(tmp_path / "mon")
-    post = adamscope.analyze(tmp_path / "run" / "checkpoint-10")
+    post = adamscope.analyze(
+        tmp_path / "run" / "checkpoint-10", dip_sample=live.manifest["options"]["dip_sample"]
+    )
     assert live.steps() == [5, 10]
     assert_rows_equal(live.tensors.filter(pl.col("step") == 10), post.tensors, "tensor")
     assert_rows_equal(live.layers.filter(pl.col("step") == 10), post.layers, "layer")
@@ -95,7 +97,7 @@ def test_lightning_callback_equals_analyze_of_checkpoint(tmp_path):
     trainer.fit(Module(), loader)
     (path,) = sorted((tmp_path / "ckpt").glob("*.ckpt"))
     live = adamscope.load(tmp_path / "mon")
-    post = adamscope.analyze(path)
+    post = adamscope.analyze(path, dip_sample=live.manifest["options"]["dip_sample"])
     assert live.steps() == [5, 10]
     assert_rows_equal(live.tensors.filter(pl.col("step") == 10), post.tensors, "tensor")
     assert_rows_equal(live.layers.filter(pl.col("step") == 10), post.layers, "layer")
