@@ -3,12 +3,16 @@
 The Trainer builds AdamW from two groups: group 0 holds the parameters that get weight decay,
 group 1 the rest (biases and norm weights), each in `model.named_parameters()` order of the
 parameters that require grad. optimizer.pt stores positions only, so names are recovered in one of
-two ways:
+three ways (naming/hf.py, naming/peft.py, naming/match.py):
 
 (a) transformers importable (the reliable way): build the model from config.json on the meta device
     (no memory, no weights, no remote code), split its parameters with transformers' own
-    `Trainer.get_decay_parameter_names`, and check every shape against the stored exp_avg; any
-    disagreement raises NamingError rather than naming tensors wrongly.
+    `Trainer.get_decay_parameter_names`, and place the optimizer's groups in them by shape. Frozen
+    parameters (requires_grad=False) are absent from the optimizer and recorded nowhere: each
+    group is an order-preserving subsequence of the model's, and a position that several
+    placements fill differently is marked ambiguous. A checkpoint written by transformers 4.x and
+    read with 5.x keeps the names its model.safetensors records where 5.x renamed a parameter
+    (GPT-NeoX `embed_out`), with a warning. Shapes that fit no placement raise NamingError.
 (b) otherwise, or when the model cannot be built: names and shapes from model.safetensors (or its
     index). safetensors stores keys alphabetically, so the order is reconstructed: a parameter
     goes to group 1 when its name looks like a bias or norm (the Trainer's patterns) or it has
@@ -19,7 +23,13 @@ two ways:
     `model.layers.0.self_attn.{o_proj|q_proj}.weight#1` (braces: the candidates; `#k`: the k-th
     position with that same marker, added only to keep names unique; more than four candidates
     are written `{any of N}`); the TensorState carries a note with the full list and a warning is
-    logged. Tied weights (lm_head = embedding) are stored and stepped once.
+    logged. The file also holds what the optimizer lacks (frozen parameters, buffers such as
+    BART's final_logits_bias): a shape with more stored tensors than optimizer positions makes
+    those positions ambiguous. A tied head is stored once; `lm_head.weight` stored beside the
+    embedding counts as tied only when config.json says tie_word_embeddings.
+(c) PEFT: adapter_model.safetensors + adapter_config.json instead of model.safetensors: names from
+    the adapter file, ordered by the LoRA layer's layout and, with `--model <base model folder>`
+    and transformers, by the base model's module order (exact).
 
 Under FSDP or DeepSpeed the Trainer writes other layouts (optimizer.bin, optimizer_0/,
 global_stepN/); they raise UnsupportedFormatError for now.
@@ -36,7 +46,15 @@ from typing import Any
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
-from adamscope.readers.naming.hf import CannotBuild, names_from_config, names_from_safetensors
+from adamscope.readers.naming.hf import (
+    CannotBuild,
+    names_from_config,
+    names_from_safetensors,
+    read_config,
+    stored_tensors,
+)
+from adamscope.readers.naming.match import Match
+from adamscope.readers.naming.peft import is_adapter_folder, names_from_adapter
 from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
@@ -69,6 +87,7 @@ class HFTrainerReader:
         self._names: list[str] | None = None
         self._ambiguous: dict[int, list[str]] = {}
         self._method = ""
+        self._how = ""
 
     # -- the reader surface -------------------------------------------------------------------
     def describe(self) -> CheckpointInfo:
@@ -106,9 +125,7 @@ class HFTrainerReader:
         for ts in iter_adam_states(self._state_dict(), names, source=source, options=self.options):
             cands = by_name.get(ts.name)
             if cands:
-                ts.notes.append(
-                    "name ambiguous (safetensors shapes only): one of " + ", ".join(cands)
-                )
+                ts.notes.append(f"name ambiguous ({self._how}): one of " + ", ".join(cands))
             yield ts
 
     # -- internals -----------------------------------------------------------------------------
@@ -146,30 +163,67 @@ class HFTrainerReader:
         if self._names is not None:
             return self._names
         sd = self._state_dict()
-        groups = [list(g["params"]) for g in sd["param_groups"]]
         shapes = {int(i): _shape(s["exp_avg"]) for i, s in sd["state"].items() if "exp_avg" in s}
+        pattern = [[shapes.get(int(p)) for p in g["params"]] for g in sd["param_groups"]]
         stored = param_names_from_groups(sd)
         if stored is not None:
             self._names, self._method = stored, "param_names stored in optimizer.pt"
             return stored
-        config_dir = Path(self.options.model) if self.options.model else self.path
+        match, self._method, how, fix = self._match(pattern)
+        self._names, self._ambiguous, self._how = match.names, match.ambiguous, how
+        if match.extra:
+            listed = ", ".join(match.unused[:4]) + (", ..." if len(match.unused) > 4 else "")
+            log.warning(
+                "%s: %d tensors of the %s have no optimizer entry (frozen, or buffers)%s",
+                self.path,
+                match.extra,
+                "model" if how.startswith("model") else "stored files",
+                f": {listed}" if listed else "",
+            )
+        if match.ambiguous:
+            log.warning(
+                "%s: %d of %d parameter names are ambiguous by shape and marked {a|b}; %s",
+                self.path,
+                len(match.ambiguous),
+                len(match.names),
+                fix,
+            )
+        return self._names
+
+    def _match(self, pattern: list[list[tuple[int, ...] | None]]) -> tuple[Match, str, str, str]:
+        """(names, the method for describe(), the method for notes, the fix for ambiguity)."""
+        model = Path(self.options.model) if self.options.model else None
+        source = self.path / OPTIMIZER
+        if is_adapter_folder(self.path):
+            match, how = names_from_adapter(self.path, pattern, source=source, base=model)
+            fix = ADAPTER_FIX if "LoRA layer order" in how else FROZEN_FIX
+            return match, f"names from {how}", "adapter file", fix
+        config_dir = model or self.path
         try:
-            names = names_from_config(config_dir, groups, shapes, source=self.path / OPTIMIZER)
-            self._method = f"model built on the meta device from {config_dir / 'config.json'}"
+            stored = stored_tensors(self.path) or stored_tensors(config_dir)
+            match, _hint = names_from_config(config_dir, pattern, source=source, stored=stored)
+            method = f"model built on the meta device from {config_dir / 'config.json'}"
+            return match, method, "model from config.json", FROZEN_FIX
         except CannotBuild as e:
             log.warning("%s: %s; matching names by shape from model.safetensors", self.path, e)
-            names, self._ambiguous = names_from_safetensors(self.path, groups, shapes)
-            self._method = "matched by shape from model.safetensors"
-            if self._ambiguous:
-                log.warning(
-                    "%s: %d of %d parameter names are ambiguous by shape and marked {a|b}; install "
-                    "transformers (pip install 'adamscope[hf]') to name them exactly",
-                    self.path,
-                    len(self._ambiguous),
-                    len(names),
-                )
-        self._names = names
-        return names
+        match, notes = names_from_safetensors(
+            self.path, pattern, source=source, config=read_config(config_dir)
+        )
+        for note in notes:
+            log.info("%s: %s", self.path, note)
+        method = "matched by shape from model.safetensors"
+        return match, method, "safetensors shapes only", SHAPES_FIX
+
+
+ADAPTER_FIX = (
+    "pass --model <base model folder with config.json> (transformers installed) to order the "
+    "adapter's tensors exactly"
+)
+FROZEN_FIX = (
+    "the files do not record which parameters were frozen; save the optimizer with param_names "
+    "(torch >= 2.6, built from named_parameters()) to name them exactly"
+)
+SHAPES_FIX = "install transformers (pip install 'adamscope[hf]') to name them exactly"
 
 
 def _check_ids(sd: Any, *, source: str) -> None:

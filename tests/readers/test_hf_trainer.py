@@ -19,7 +19,7 @@ import pytest
 from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, NotAdamError, UnsupportedFormatError
 from adamscope.readers.hf_trainer import HFTrainerReader
-from adamscope.readers.naming.hf import _position_candidates, ambiguity_marker
+from adamscope.readers.naming.match import _position_candidates, ambiguity_marker
 from adamscope.vocab import TensorState
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -178,13 +178,31 @@ def test_wrong_config_raises_naming_error(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(NamingError, match=r"optimizer\.pt: param id \d+ has exp_avg shape"):
         list(_reader(folder).iter_tensors())
-    cfg["num_hidden_layers"] = 3  # more parameters than the optimizer holds
+    cfg["num_hidden_layers"] = 3  # more parameters, and none of their shapes fit
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(NamingError, match=r"group 0 holds 16 tensors that do not fit"):
+        list(_reader(folder).iter_tensors())
+    cfg["num_hidden_layers"] = 1  # fewer parameters than the optimizer holds
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(
         NamingError,
-        match=r"groups hold \[16, 5\] parameters but the model from config.json gives \[23, 7\]",
+        match=r"groups hold \[16, 5\] parameters but the model from config.json gives \[9, 3\]",
     ):
         list(_reader(folder).iter_tensors())
+
+
+def test_config_with_extra_layer_marks_not_mislabels(tmp_path: Path) -> None:
+    # A config with one layer more reads as "one layer frozen": every name that several
+    # placements could take is marked, and the marker lists the truth.
+    folder = _copy("llama/checkpoint-10", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    (folder / "config.json").write_text(json.dumps(cfg))
+    truth = list(TRUTH["checkpoints"]["llama/checkpoint-10"]["tensors"])
+    states = list(_reader(folder).iter_tensors())
+    assert any("{" in ts.name for ts in states)
+    for ts, name in zip(states, truth, strict=True):
+        assert ts.name == name or name in ts.notes[0].split("one of ", 1)[1].split(", ")
 
 
 def test_config_names_never_call_arbitrary_callables(tmp_path: Path) -> None:

@@ -1,20 +1,20 @@
 """Parameter names of a Hugging Face Trainer's optimizer.pt (see readers/hf_trainer.py for the
 two ways): (a) the model built from config.json on the meta device, split with transformers' own
 decay rule; (b) without transformers, names and shapes from model.safetensors, with the positions
-that shapes cannot tell apart marked `{a|b}` instead of guessed.
+that shapes cannot tell apart marked `{a|b}` instead of guessed. Both allow parameters the
+optimizer does not hold (frozen) and, in (b), stored tensors that are no parameter (buffers).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
 import re
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adamscope.errors import NamingError
+from adamscope.readers.naming.match import Match, Shape, place_by_tree, place_in_order
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,22 @@ _NO_DECAY = [
     re.compile(p)
     for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
 ]
-_MAX_LISTED = 4  # ambiguity markers list at most this many candidates
-_MAX_PERMUTED = 6  # unordered siblings beyond this are not enumerated: every position gets them all
+Pattern = list[list[Shape | None]]  # per optimizer group, the exp_avg shape of each position
+
+
+def no_decay(name: str, shape: Shape) -> bool:
+    """The Trainer's rule without the model: a bias/norm name, or fewer than two dimensions (the
+    Trainer's nn.LayerNorm exclusion, which the name alone cannot show)."""
+    return len(shape) < 2 or any(p.search(name.lower()) for p in _NO_DECAY)
+
+
+def read_config(folder: Path) -> dict[str, Any] | None:
+    """config.json of `folder` as JSON (never through transformers), None when absent/unreadable."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
 
 
 # -- (a) names from the model built on the meta device ----------------------------------------
@@ -32,15 +46,9 @@ class CannotBuild(Exception):
     """transformers is missing or cannot build this config: fall back to safetensors shapes."""
 
 
-def names_from_config(
-    config_dir: Path, groups: list[list[int]], shapes: dict[int, tuple[int, ...]], *, source: Path
-) -> list[str]:
-    """Names in optimizer id order, from the model of `config_dir/config.json` on the meta device.
-
-    Raises:
-        CannotBuild: transformers is not importable or the model cannot be built.
-        NamingError: the model's parameters disagree with the optimizer's groups or shapes.
-    """
+def build_meta_model(config_dir: Path) -> Any:
+    """transformers' model of `config_dir/config.json` on the meta device (no weights, no remote
+    code). Raises CannotBuild."""
     try:
         import torch
         import transformers
@@ -57,39 +65,109 @@ def names_from_config(
         with torch.device("meta"):
             # Only transformers' own model classes: a name from a file must never pick any callable.
             if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-                model = cls(config)
-            else:
-                model = transformers.AutoModelForCausalLM.from_config(
-                    config, trust_remote_code=False
-                )
+                return cls(config)
+            return transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - any failure to build means "use the fallback", logged
         raise CannotBuild(
             f"cannot build the model from config.json ({type(e).__name__}: {e})"
         ) from None
+
+
+def names_from_config(
+    config_dir: Path, pattern: Pattern, *, source: Path, stored: dict[str, Any]
+) -> tuple[Match, str]:
+    """Names in optimizer position order from the model of `config_dir/config.json`, and a hint
+    naming the transformers versions (written / installed).
+
+    Parameters the optimizer does not hold (frozen) are allowed: each group must be an
+    order-preserving subsequence of the model's parameters of that group, and a position that
+    several placements fill differently is marked ambiguous. `stored` (model.safetensors' tensors,
+    may be empty) is checked against the names when the checkpoint was written by another major
+    version of transformers (see `_version_skew`).
+
+    Raises:
+        CannotBuild: transformers is not importable or the model cannot be built.
+        NamingError: the model's parameters cannot hold the optimizer's groups and shapes.
+    """
+    model = build_meta_model(config_dir)
+    import transformers
+
     decay = _decay_names(model)
     params = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
     split = [[x for x in params if x[0] in decay], [x for x in params if x[0] not in decay]]
-    written = getattr(config, "transformers_version", "?")
-    hint = (
-        f"(checkpoint written by transformers {written}, regrouped with {transformers.__version__})"
-    )
-    if [len(g) for g in groups] != [len(g) for g in split]:
+    written = getattr(model.config, "transformers_version", None) or "?"
+    hint = f"checkpoint written by transformers {written}, read with {transformers.__version__}"
+    want, have = [len(g) for g in pattern], [len(g) for g in split]
+    if len(want) != 2 or any(w > h for w, h in zip(want, have, strict=True)):
         raise NamingError(
-            f"{source}: optimizer groups hold {[len(g) for g in groups]} parameters but the model "
-            f"from config.json gives {[len(g) for g in split]} (decay, no-decay) {hint}; frozen or "
-            "added parameters (PEFT?) or a custom optimizer cannot be named"
+            f"{source}: optimizer groups hold {want} parameters but the model from config.json "
+            f"gives {have} (decay, no-decay) ({hint}); added parameters (PEFT?) or a custom "
+            "optimizer cannot be named"
         )
-    names: list[str] = []
-    for ids, named in zip(groups, split, strict=True):
-        for pid, (name, shape) in zip(ids, named, strict=True):
-            stored = shapes.get(int(pid))
-            if stored is not None and stored != shape:
-                raise NamingError(
-                    f"{source}: param id {pid} has exp_avg shape {list(stored)} but the model from "
-                    f"config.json puts {name} {list(shape)} there {hint}"
-                )
-            names.append(name)
-    return names
+    if want == have:
+        for g, (shapes, named) in enumerate(zip(pattern, split, strict=True)):
+            for i, (have_shape, (name, shape)) in enumerate(zip(shapes, named, strict=True)):
+                if have_shape is not None and have_shape != shape:
+                    pid = sum(want[:g]) + i
+                    raise NamingError(
+                        f"{source}: param id {pid} has exp_avg shape {list(have_shape)} but the model "
+                        f"from config.json puts {name} {list(shape)} there ({hint})"
+                    )
+    match = place_in_order(pattern, split, source=str(source), what="config.json's model")
+    _version_skew(match, dict(params), stored, written, transformers.__version__, source=source)
+    return match, hint
+
+
+def _version_skew(
+    match: Match,
+    params: dict[str, Shape],
+    stored: dict[str, Any],
+    written: str,
+    installed: str,
+    *,
+    source: Path,
+) -> None:
+    """Names the training code used when transformers has renamed parameters since.
+
+    transformers 4.x saves parameters under their module names, so model.safetensors of a 4.x
+    checkpoint records the training code's names; 5.x renames some (GPT-NeoX `embed_out` ->
+    `lm_head`) and writes the old names back on save, so a 5.x file may differ from its own
+    training names. Hence: same major version -> the built names; written by 4.x, read with a
+    later major -> a built name missing from the file is replaced by the one stored tensor of
+    its shape that the model does not name (warned), else kept (warned); otherwise a warning.
+    """
+    major_w, major_i = written.split(".")[0], installed.split(".")[0]
+    if major_w == major_i:
+        return
+    skew = f"checkpoint written by transformers {written}, read with {installed}"
+    missing = [n for n in match.names if "{" not in n and stored and n not in stored]
+    if not (major_w == "4" and major_i.isdigit() and int(major_i) > 4 and stored):
+        log.warning(
+            "%s: %s: names are the installed version's, the training code's may differ",
+            source,
+            skew,
+        )
+        return
+    unclaimed = [n for n in stored if n not in params]
+    for name in missing:
+        same = [n for n in unclaimed if tuple(stored[n]) == params[name]]
+        if len(same) == 1 and sum(params[m] == params[name] for m in missing) == 1:
+            match.names[match.names.index(name)] = same[0]
+            log.warning(
+                "%s: %s: %s is stored as %s, the training code's name: named so",
+                source,
+                skew,
+                name,
+                same[0],
+            )
+        else:
+            log.warning(
+                "%s: %s: %s is not in model.safetensors; the training code may have "
+                "named it otherwise",
+                source,
+                skew,
+                name,
+            )
 
 
 def _decay_names(model: Any) -> set[str]:
@@ -114,142 +192,65 @@ def _decay_names(model: Any) -> set[str]:
 
 
 # -- (b) names matched by shape from model.safetensors ----------------------------------------
-def _safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+def stored_tensors(folder: Path) -> dict[str, Shape]:
+    """name -> shape of model.safetensors (or its index's shards) in `folder`; {} when none."""
     from adamscope.readers import safetensors_io
 
-    files = safetensors_io.model_files(folder)
-    if not files:
+    out: dict[str, Shape] = {}
+    for f in safetensors_io.model_files(folder):
+        out.update(safetensors_io.shapes(f))
+    return out
+
+
+def parameter_shapes(
+    stored: dict[str, Shape], config: dict[str, Any] | None
+) -> tuple[dict[str, Shape], list[str]]:
+    """The stored tensors that can be optimizer parameters, and notes on those left out: torch's
+    BatchNorm buffers, and `lm_head.weight` when config.json says the head is tied (then it is the
+    embedding, stepped once). Other buffers and frozen parameters stay candidates (`place_by_tree`
+    lets a shape have more candidates than positions).
+    """
+    from adamscope.readers.naming import KNOWN_BUFFER_SUFFIXES
+
+    shapes: dict[str, Shape] = {}
+    notes: list[str] = []
+    for name, shape in stored.items():
+        if name.rsplit(".", 1)[-1] in KNOWN_BUFFER_SUFFIXES:
+            notes.append(f"{name} is a BatchNorm buffer")
+        else:
+            shapes[name] = tuple(shape)
+    head = shapes.get("lm_head.weight")
+    tied = (config or {}).get("tie_word_embeddings") is True
+    if tied and head is not None and sum(s == head for s in shapes.values()) > 1:
+        del shapes["lm_head.weight"]
+        notes.append("lm_head.weight is tied to the input embedding (config.json)")
+    return shapes, notes
+
+
+def names_from_safetensors(
+    folder: Path, pattern: Pattern, *, source: Path, config: dict[str, Any] | None
+) -> tuple[Match, list[str]]:
+    """Names in optimizer position order matched by shape from `folder`'s model.safetensors, and
+    notes on the stored tensors left out. Stored tensors with no optimizer entry (frozen
+    parameters, buffers) make the positions of their shape ambiguous, never wrongly named.
+
+    Raises:
+        NamingError: there is no model.safetensors, or groups and shapes cannot be matched.
+    """
+    stored = stored_tensors(folder)
+    if not stored:
         raise NamingError(
             f"{folder}: cannot name parameters: transformers is not usable and there is no "
             "model.safetensors(.index.json); install transformers or pass --model <model folder>"
         )
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        shapes.update(safetensors_io.shapes(f))
-    return shapes
-
-
-def names_from_safetensors(
-    folder: Path, groups: list[list[int]], shapes: dict[int, tuple[int, ...]]
-) -> tuple[list[str], dict[int, list[str]]]:
-    """Names in optimizer id order matched by shape, and {position: candidates} where ambiguous.
-
-    Raises:
-        NamingError: groups or shapes cannot be matched to the stored tensors at all.
-    """
-    stored = _safetensors_shapes(folder)
-    source = folder / "optimizer.pt"
-    if len(groups) != 2:
+    if len(pattern) != 2:
         raise NamingError(
-            f"{source}: {len(groups)} param groups, not the Trainer's two (decay, no-decay); "
+            f"{source}: {len(pattern)} param groups, not the Trainer's two (decay, no-decay); "
             "install transformers to name them"
         )
-    missing = [pid for g in groups for pid in g if int(pid) not in shapes]
-    if missing:
-        raise NamingError(
-            f"{source}: param ids {missing[:5]} have no state, so their shapes are unknown; "
-            "install transformers to name them"
-        )
-    if len(stored) == sum(len(g) for g in groups) + 1 and "lm_head.weight" in stored:
-        del stored["lm_head.weight"]  # a tied head saved twice: the optimizer steps it once
+    shapes, notes = parameter_shapes(stored, config)
     split: list[list[str]] = [[], []]
-    for name, shape in stored.items():
-        no_decay = len(shape) < 2 or any(p.search(name.lower()) for p in _NO_DECAY)
-        split[int(no_decay)].append(name)
-    names: dict[int, str] = {}
-    ambiguous: dict[int, list[str]] = {}
-    for g, (ids, cands) in enumerate(zip(groups, split, strict=True)):
-        want = sorted(shapes[int(p)] for p in ids)
-        have = sorted(stored[n] for n in cands)
-        if want != have:
-            raise NamingError(
-                f"{source}: group {g} holds {len(ids)} tensors whose shapes do not match the "
-                f"{len(cands)} {'no-' if g else ''}decay tensors of model.safetensors; install "
-                "transformers or pass --model <model folder with config.json>"
-            )
-        for shape in sorted(set(want)):
-            positions = [int(p) for p in ids if shapes[int(p)] == shape]
-            same = [n for n in cands if stored[n] == shape]
-            for pid, options in zip(positions, _position_candidates(same), strict=True):
-                if len(options) == 1:
-                    names[pid] = next(iter(options))
-                else:
-                    ambiguous[pid] = sorted(options)
-    order = [int(p) for g in groups for p in g]
-    _mark(names, ambiguous, order)
-    return [names[p] for p in order], {
-        i: ambiguous[p] for i, p in enumerate(order) if p in ambiguous
-    }
-
-
-def _mark(names: dict[int, str], ambiguous: dict[int, list[str]], order: list[int]) -> None:
-    """Write `prefix.{a|b}.suffix` markers at the ambiguous positions, `#k` added where repeated."""
-    markers = {pid: ambiguity_marker(ambiguous[pid]) for pid in order if pid in ambiguous}
-    total = Counter(markers.values())
-    seen: Counter[str] = Counter()
-    for pid, marker in markers.items():
-        seen[marker] += 1
-        names[pid] = f"{marker}#{seen[marker]}" if total[marker] > 1 else marker
-
-
-def ambiguity_marker(candidates: list[str]) -> str:
-    """`a.b.{x|y}.c` for candidates sharing the dotted prefix `a.b` and suffix `c`."""
-    parts = [c.split(".") for c in sorted(candidates)]
-    pre = 0
-    while all(len(p) > pre + 1 for p in parts) and len({p[pre] for p in parts}) == 1:
-        pre += 1
-    suf = 0
-    while all(len(p) > pre + suf + 1 for p in parts) and len({p[-1 - suf] for p in parts}) == 1:
-        suf += 1
-    mids = sorted({".".join(p[pre : len(p) - suf]) for p in parts})
-    mid = "|".join(mids) if len(mids) <= _MAX_LISTED else f"any of {len(mids)}"
-    head = parts[0][:pre]
-    tail = parts[0][len(parts[0]) - suf :] if suf else []
-    return ".".join([*head, "{" + mid + "}", *tail])
-
-
-@dataclass
-class _Node:
-    param: str | None = None  # the full name when this node is a parameter
-    children: dict[str, _Node] = field(default_factory=dict)
-
-
-def _position_candidates(names: list[str]) -> list[frozenset[str]]:
-    """For same-shape names of one group, the names each position (in model order) may hold.
-
-    `named_parameters()` walks modules depth-first: a module's own parameters first, then its
-    sub-modules, list children ("0", "1", ...) in index order; the order among named siblings is the
-    declaration order, which is not recorded anywhere we can read.
-    """
-    root = _Node()
-    for name in names:
-        node = root
-        for part in name.split("."):
-            node = node.children.setdefault(part, _Node())
-        node.param = name
-    return _candidates(root)
-
-
-def _candidates(node: _Node) -> list[frozenset[str]]:
-    if node.param is not None:
-        return [frozenset([node.param])]
-    own = [(k, c) for k, c in node.children.items() if c.param is not None]
-    subs = [(k, c) for k, c in node.children.items() if c.param is None]
-    return _arrange(own) + _arrange(subs)
-
-
-def _arrange(items: list[tuple[str, _Node]]) -> list[frozenset[str]]:
-    if items and all(k.isdigit() for k, _ in items):  # ModuleList / ParameterList: index order
-        return [s for _, c in sorted(items, key=lambda kc: int(kc[0])) for s in _candidates(c)]
-    blocks = [_candidates(c) for _, c in items]
-    if len(blocks) <= 1:
-        return blocks[0] if blocks else []
-    size = sum(len(b) for b in blocks)
-    if len(blocks) > _MAX_PERMUTED:
-        everything = frozenset().union(*(s for b in blocks for s in b))
-        return [everything] * size
-    pos: list[set[str]] = [set() for _ in range(size)]
-    for perm in itertools.permutations(blocks):
-        for i, s in enumerate(s for b in perm for s in b):
-            pos[i] |= s
-    return [frozenset(p) for p in pos]
+    for name, shape in shapes.items():
+        split[int(no_decay(name, shape))].append(name)
+    match = place_by_tree(pattern, split, shapes, source=str(source), what="model.safetensors")
+    return match, notes
