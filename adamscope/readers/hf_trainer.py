@@ -72,6 +72,8 @@ class HFTrainerReader:
         folder = _folder(path)
         if folder is None:
             return False
+        if _run_root(folder):
+            return False
         return (folder / "trainer_state.json").is_file() or (
             (folder / OPTIMIZER).is_file() and (folder / "config.json").is_file()
         )
@@ -198,21 +200,24 @@ class HFTrainerReader:
             match, how = names_from_adapter(self.path, pattern, source=source, base=model)
             fix = ADAPTER_FIX if "LoRA layer order" in how else FROZEN_FIX
             return match, f"names from {how}", "adapter file", fix
-        config_dir = model or self.path
+        # --model: a folder (config.json and/or model.safetensors) or one model .safetensors file
+        config_dir = (model.parent if model.is_file() else model) if model else self.path
+        weights = model if model and model.is_file() else None
+        stored = _shapes_of(weights) if weights else stored_tensors(config_dir)
+        stored = stored or stored_tensors(self.path)
         try:
-            stored = stored_tensors(self.path) or stored_tensors(config_dir)
             match, _hint = names_from_config(config_dir, pattern, source=source, stored=stored)
             method = f"model built on the meta device from {config_dir / 'config.json'}"
             return match, method, "model from config.json", FROZEN_FIX
         except CannotBuild as e:
             log.warning("%s: %s; matching names by shape from model.safetensors", self.path, e)
+        what = str(weights) if weights else "model.safetensors"
         match, notes = names_from_safetensors(
-            self.path, pattern, source=source, config=read_config(config_dir)
+            stored, pattern, source=source, config=read_config(config_dir), what=what
         )
         for note in notes:
             log.info("%s: %s", self.path, note)
-        method = "matched by shape from model.safetensors"
-        return match, method, "safetensors shapes only", SHAPES_FIX
+        return match, f"matched by shape from {what}", "safetensors shapes only", SHAPES_FIX
 
 
 ADAPTER_FIX = (
@@ -224,6 +229,18 @@ FROZEN_FIX = (
     "(torch >= 2.6, built from named_parameters()) to name them exactly"
 )
 SHAPES_FIX = "install transformers (pip install 'adamscope[hf]') to name them exactly"
+
+
+def _shapes_of(file: Path) -> dict[str, tuple[int, ...]]:
+    from adamscope.errors import NamingError
+    from adamscope.readers import safetensors_io
+
+    if file.suffix != ".safetensors":
+        raise NamingError(
+            f"{file}: --model for a Trainer checkpoint is a folder with config.json or "
+            "model.safetensors, or a .safetensors file"
+        )
+    return safetensors_io.shapes(file)
 
 
 def _check_ids(sd: Any, *, source: str) -> None:
@@ -245,6 +262,18 @@ def _folder(path: Path) -> Path | None:
     if path.is_file() and path.name == OPTIMIZER:
         path = path.parent
     return path if path.is_dir() else None
+
+
+def _run_root(folder: Path) -> bool:
+    """A Trainer run's output_dir: checkpoint-N/ folders inside and no optimizer state of its own
+    (what save_model()/save_state() write at the root is model.safetensors, config.json and
+    trainer_state.json: the run_clm.py layout, or save_total_limit=1)."""
+    own = (OPTIMIZER, "optimizer.bin", "latest")
+    if any((folder / f).exists() for f in own) or any(folder.glob("optimizer_*")):
+        return False
+    if any(folder.glob("global_step*")):
+        return False
+    return any(c.is_dir() and re.fullmatch(r"checkpoint-\d+", c.name) for c in folder.iterdir())
 
 
 def _check_layout(folder: Path) -> None:

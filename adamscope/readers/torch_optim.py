@@ -8,7 +8,9 @@ from pathlib import Path
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import NamingError, UnsupportedFormatError
+from adamscope.readers import safetensors_io
 from adamscope.readers.naming import align_names, model_entries, parameter_candidates
+from adamscope.readers.naming.weights import names_from_weights
 from adamscope.readers.optim_state import (
     check_adam,
     group_ids,
@@ -27,10 +29,12 @@ class TorchOptimReader:
     """A bare `torch.save(optimizer.state_dict())` file.
 
     Names come from, in order of preference: `param_names` in the groups (torch >= 2.6, optimizer
-    built from named_parameters()); a model state_dict given as `ReaderOptions.model`, whose float
-    tensors (tied duplicates and BatchNorm buffers removed) must be exactly as many as the
+    built from named_parameters()); `ReaderOptions.model`: a torch.save'd model state_dict, whose
+    float tensors (tied duplicates and BatchNorm buffers removed) must be exactly as many as the
     optimizer's parameters, in order, with matching shapes — otherwise NamingError, never a
-    guess; else `param.<id>` with a warning.
+    guess —, or a .safetensors file or a folder (config.json, model.safetensors) matched by shape
+    (naming/weights.py); the model.safetensors saved beside the file (Accelerate's save_state());
+    else `param.<id>` with a warning.
     """
 
     name = "torch-optim"
@@ -46,6 +50,7 @@ class TorchOptimReader:
         self.options = options
         self._sd: dict | None = None
         self.notes: list[str] = []
+        self._ambiguous: dict[int, list[str]] = {}
 
     @property
     def optim_sd(self) -> dict:
@@ -64,9 +69,15 @@ class TorchOptimReader:
 
     def iter_tensors(self) -> Iterator[TensorState]:
         names = self.names()
-        yield from iter_adam_states(
+        marked = {names[i]: c for i, c in self._ambiguous.items()}
+        for ts in iter_adam_states(
             self.optim_sd, names, source=str(self.path), options=self.options
-        )
+        ):
+            if ts.name in marked:
+                ts.notes.append(
+                    "name ambiguous (shapes only): one of " + ", ".join(marked[ts.name])
+                )
+            yield ts
 
     def names(self) -> list[str]:
         sd, source = self.optim_sd, str(self.path)
@@ -74,22 +85,64 @@ class TorchOptimReader:
         stored = param_names_from_groups(sd)
         if stored is not None:
             return stored
-        if self.options.model is not None:
-            return self._names_from_model(Path(self.options.model))
+        model = Path(self.options.model) if self.options.model is not None else None
+        if model is not None and model.suffix != ".safetensors" and not model.is_dir():
+            return self._names_from_model(model)
+        if model is not None:
+            return self._names_from_weights(model)
+        reason = ""
+        if safetensors_io.model_files(self.path.parent):  # Accelerate's save_state() layout
+            try:
+                return self._names_from_weights(None)
+            except NamingError as e:
+                reason = f" ({e})"
         n = sum(len(ids) for ids in group_ids(sd, source=source))
-        msg = "no param_names stored and no --model given: naming parameters param.<id>"
+        msg = f"no param_names stored and no --model given{reason}: naming parameters param.<id>"
         log.warning("%s: %s", source, msg)
         self.notes.append(msg)
         return [f"param.{i}" for i in range(n)]
 
+    def _names_from_weights(self, model: Path | None) -> list[str]:
+        """Names by shape from a .safetensors file, a model folder, or the file's own folder."""
+        folder = model if model is not None and model.is_dir() else self.path.parent
+        if model is not None and not model.is_dir():
+            files = [model]
+        else:
+            files = safetensors_io.model_files(folder)
+        if not files and folder != self.path.parent:  # a folder with config.json only
+            files = safetensors_io.model_files(self.path.parent)
+        stored = {k: s for f in files for k, s in safetensors_io.shapes(f).items()}
+        what = str(files[0]) if len(files) == 1 else f"{folder}/{safetensors_io.INDEX}"
+        has_config = (folder / "config.json").is_file()
+        if not stored and not has_config:
+            raise NamingError(
+                f"{folder}: no model.safetensors(.index.json) or config.json to take names from"
+            )
+        pattern = state_shapes(self.optim_sd, source=str(self.path))
+        match, how = names_from_weights(
+            stored,
+            pattern,
+            source=str(self.path),
+            what=what if stored else str(folder / "config.json"),
+            config_dir=folder if has_config else None,
+        )
+        self._ambiguous = match.ambiguous
+        self.notes.append(f"names: {how}")
+        log.warning("%s: names matched by shape assuming %s", self.path, how)
+        if match.ambiguous:
+            log.warning(
+                "%s: %d of %d parameter names are ambiguous by shape and marked {a|b}; build "
+                "the optimizer from named_parameters() (torch >= 2.6 stores param_names) to name "
+                "them exactly",
+                self.path,
+                len(match.ambiguous),
+                len(match.names),
+            )
+        return match.names
+
     def _names_from_model(self, model_path: Path) -> list[str]:
         from adamscope.readers.torchzip import load_lazy
 
-        if model_path.suffix == ".safetensors":
-            raise NamingError(
-                f"{model_path}: safetensors lists tensors alphabetically, not in parameter order; "
-                "pass a torch.save'd model.state_dict() instead"
-            )
         tree = load_lazy(model_path, trust_pickle=self.options.trust_pickle)
         candidates, _ = parameter_candidates(model_entries(tree, source=str(model_path)))
         pattern = [

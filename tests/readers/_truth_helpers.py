@@ -85,6 +85,25 @@ def assert_matches(ts: TensorState, expected: dict[str, Any], *, chunk: int = 37
             assert have == want, (ts.name, key)
 
 
+def assert_never_wrong(states: list[TensorState], want: dict[str, Any]) -> list[str]:
+    """Every name is the truth or a marker (`{a|b}`) whose note lists the truth, every statistic
+    matches, and no frozen parameter or buffer of the truth lends its name; returns the markers."""
+    truth = list(want["tensors"])
+    assert len(states) == len(truth)
+    assert len({ts.name for ts in states}) == len(states)
+    markers = []
+    for ts, name in zip(states, truth, strict=True):
+        if ts.name != name:
+            assert "{" in ts.name and ts.name not in truth, (ts.name, name)
+            (note,) = ts.notes
+            assert name in note.split("one of ", 1)[1].split(", "), (ts.name, name)
+            markers.append(ts.name)
+        assert_matches(ts, want["tensors"][name])
+    # a frozen parameter or a buffer never lends its name to another tensor
+    assert not {ts.name for ts in states} & {*want.get("frozen", ()), *want.get("buffers", ())}
+    return markers
+
+
 _STREAM_RSS = """
 import importlib, json, resource, sys
 from adamscope.config import ReaderOptions

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _truth_helpers import FIXTURES, assert_matches, load_truth
+from _truth_helpers import FIXTURES, assert_never_wrong, load_truth
 
 from adamscope.config import ReaderOptions
 from adamscope.readers.hf_trainer import HFTrainerReader
@@ -36,24 +36,6 @@ def _states(
     return list(reader.iter_tensors())
 
 
-def _check_never_wrong(states: list[TensorState], want: dict) -> list[str]:
-    """Every name is the truth or a marker whose note lists the truth; returns the markers."""
-    truth = list(want["tensors"])
-    assert len(states) == len(truth)
-    assert len({ts.name for ts in states}) == len(states)
-    markers = []
-    for ts, name in zip(states, truth, strict=True):
-        if ts.name != name:
-            assert "{" in ts.name and ts.name not in truth, (ts.name, name)
-            (note,) = ts.notes
-            assert name in note.split("one of ", 1)[1].split(", "), (ts.name, name)
-            markers.append(ts.name)
-        assert_matches(ts, want["tensors"][name])
-    # a frozen parameter or a buffer never lends its name to another tensor
-    assert not {ts.name for ts in states} & {*want["frozen"], *want["buffers"]}
-    return markers
-
-
 @pytest.mark.parametrize("transformers", [True, False], ids=["transformers", "without"])
 @pytest.mark.parametrize("key", FULL)
 def test_names_exact_or_marked(
@@ -61,7 +43,7 @@ def test_names_exact_or_marked(
 ) -> None:
     with caplog.at_level(logging.WARNING):
         states = _states(key, transformers=transformers, monkeypatch=monkeypatch)
-    markers = _check_never_wrong(states, TRUTH[key])
+    markers = assert_never_wrong(states, TRUTH[key])
     assert "have no optimizer entry (frozen, or buffers)" in caplog.text
     if markers:
         assert f"{len(markers)} of {len(states)} parameter names are ambiguous" in caplog.text
@@ -111,7 +93,7 @@ def test_peft_names_from_the_adapter_file(
     # q_proj (16, 4) and v_proj (8, 4) differ in shape, their lora_A (4, 16) do not
     with caplog.at_level(logging.WARNING):
         states = _states(PEFT, transformers=transformers, monkeypatch=monkeypatch)
-    markers = _check_never_wrong(states, TRUTH[PEFT])
+    markers = assert_never_wrong(states, TRUTH[PEFT])
     assert markers == [
         f"base_model.model.model.layers.{i}.self_attn.{{q_proj|v_proj}}.lora_A.weight#{k}"
         for i in (0, 1)
@@ -124,7 +106,7 @@ def test_peft_names_from_the_adapter_file(
 def test_peft_with_the_base_config_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     base = FAMILY / "peft" / "base"
     states = _states(PEFT, transformers=True, monkeypatch=monkeypatch, model=base)
-    assert not _check_never_wrong(states, TRUTH[PEFT])
+    assert not assert_never_wrong(states, TRUTH[PEFT])
     reader = HFTrainerReader(FAMILY / PEFT, options=ReaderOptions(model=base))
     assert reader.describe().notes[0] == (
         f"names: names from adapter_model.safetensors, module order of {base / 'config.json'}"
@@ -137,7 +119,7 @@ def test_peft_base_config_without_transformers(
     base = FAMILY / "peft" / "base"
     with caplog.at_level(logging.WARNING):
         states = _states(PEFT, transformers=False, monkeypatch=monkeypatch, model=base)
-    assert len(_check_never_wrong(states, TRUTH[PEFT])) == 4
+    assert len(assert_never_wrong(states, TRUTH[PEFT])) == 4
     assert "transformers is not importable" in caplog.text
 
 
@@ -154,7 +136,7 @@ def test_version_skew_keeps_the_training_names(
         monkeypatch.setitem(sys.modules, "transformers", None)
     with caplog.at_level(logging.WARNING):
         states = list(HFTrainerReader(folder, options=ReaderOptions()).iter_tensors())
-    markers = _check_never_wrong(states, SKEW)
+    markers = assert_never_wrong(states, SKEW)
     if transformers:
         names = {ts.name for ts in states}
         assert not markers and "embed_out.weight" in names and "lm_head.weight" not in names

@@ -228,20 +228,25 @@ def parameter_shapes(
 
 
 def names_from_safetensors(
-    folder: Path, pattern: Pattern, *, source: Path, config: dict[str, Any] | None
+    stored: dict[str, Shape],
+    pattern: Pattern,
+    *,
+    source: Path,
+    config: dict[str, Any] | None,
+    what: str = "model.safetensors",
 ) -> tuple[Match, list[str]]:
-    """Names in optimizer position order matched by shape from `folder`'s model.safetensors, and
-    notes on the stored tensors left out. Stored tensors with no optimizer entry (frozen
-    parameters, buffers) make the positions of their shape ambiguous, never wrongly named.
+    """Names in optimizer position order matched by shape from model.safetensors' tensors
+    (`stored`, see stored_tensors), and notes on the stored tensors left out. Stored tensors with
+    no optimizer entry (frozen parameters, buffers) make the positions of their shape ambiguous,
+    never wrongly named.
 
     Raises:
         NamingError: there is no model.safetensors, or groups and shapes cannot be matched.
     """
-    stored = stored_tensors(folder)
     if not stored:
         raise NamingError(
-            f"{folder}: cannot name parameters: transformers is not usable and there is no "
-            "model.safetensors(.index.json); install transformers or pass --model <model folder>"
+            f"{source.parent}: cannot name parameters: transformers is not usable and there is "
+            "no model.safetensors(.index.json); install transformers or pass --model <model folder>"
         )
     if len(pattern) != 2:
         raise NamingError(
@@ -252,5 +257,5 @@ def names_from_safetensors(
     split: list[list[str]] = [[], []]
     for name, shape in shapes.items():
         split[int(no_decay(name, shape))].append(name)
-    match = place_by_tree(pattern, split, shapes, source=str(source), what="model.safetensors")
+    match = place_by_tree(pattern, split, shapes, source=str(source), what=what)
     return match, notes

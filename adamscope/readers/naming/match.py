@@ -144,6 +144,18 @@ def place_by_tree(
     return _finish(chosen, unused, sum(len(c) for c in split) - len(chosen))
 
 
+def merge(matches: Sequence[Match]) -> Match:
+    """One Match whose positions hold the candidates of all `matches` (same positions)."""
+    if len(matches) == 1:
+        return matches[0]
+    chosen = [set() for _ in matches[0].names]
+    for m in matches:
+        for i, name in enumerate(m.names):
+            chosen[i].update(m.ambiguous.get(i, [name]))
+    unused = set.intersection(*(set(m.unused) for m in matches))
+    return _finish(chosen, sorted(unused), min(m.extra for m in matches))
+
+
 def _finish(chosen: list[set[str]], unused: list[str], extra: int) -> Match:
     ambiguous = {i: sorted(c) for i, c in enumerate(chosen) if len(c) > 1}
     names = [next(iter(c)) if len(c) == 1 else "" for c in chosen]
