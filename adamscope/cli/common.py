@@ -33,7 +33,12 @@ OutOpt = Annotated[Path, typer.Option("-o", "--out", help="Output folder for tab
 ModelOpt = Annotated[
     Path | None,
     typer.Option(
-        "--model", help="A model state_dict (or model folder) to recover parameter names from."
+        "--model",
+        help=(
+            "Where to recover parameter names from: a model folder (config.json and/or "
+            "model.safetensors; for PEFT the base model's), a .safetensors file, or a "
+            "torch.save'd state_dict."
+        ),
     ),
 ]
 TrustOpt = Annotated[
