@@ -71,6 +71,18 @@ def norms_from_logs(tables: Tables) -> pl.DataFrame | None:
     return df.group_by("step", "layer").agg(grad_norm=(pl.col("grad_norm") ** 2).sum().sqrt())
 
 
+def live_norms(tables: Tables) -> pl.DataFrame | None:
+    """Layer gradient norms the monitor measured from p.grad (layers.g_norm), where present."""
+    if "g_norm" not in tables.layers.columns:
+        return None
+    rows = tables.layers.filter(pl.col("g_norm").is_not_null())
+    if not len(rows):
+        return None
+    return rows.select("step", "layer", grad_norm=pl.col("g_norm")).with_columns(
+        source=pl.lit("exact (monitor, p.grad)")
+    )
+
+
 def exact_norms(tables: Tables) -> pl.DataFrame | None:
     """Exact layer gradient norms recovered from checkpoints one step apart (gradients.parquet)."""
     g = tables.gradients
@@ -90,7 +102,10 @@ def data4(tables: Tables, sel: Selection) -> dict[str, pl.DataFrame]:
     depth = {n: i for i, n in enumerate(tables.layer_order())}
     numel = layer_numel(tables)
     logged = norms_from_logs(tables)
-    if logged is not None:
+    live = live_norms(tables)
+    if live is not None:  # the monitor's exact norms of p.grad at every flushed step
+        norms = live
+    elif logged is not None:
         norms = logged.with_columns(source=pl.lit("logged"))
     else:
         norms = tables.layers.select(

@@ -138,6 +138,8 @@ class TensorSketch:
     sample_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sample_u: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     sample_r: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # Layer sketches: each sample point's key in [0, 1) (see combine_layer); None on tensors.
+    sample_key: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not self.hists:
@@ -303,34 +305,49 @@ def _combine(sketches: list[TensorSketch], *, name: str) -> TensorSketch:
 
 
 def combine_layer(sketches: list[TensorSketch], *, name: str | None = None) -> TensorSketch:
-    """A layer's sketch: merged counts and moments; the sample drawn from each tensor's sample in
-    proportion to its numel (largest remainders), so the layer's dip weighs coordinates equally.
+    """A layer's sketch: merged counts and moments, and a uniform sample of the layer's
+    coordinates of at most dip_sample points, whatever the order (or grouping) of the merges.
+
+    Every sampled coordinate gets a key: a tensor kept each coordinate with probability
+    p = min(1, dip_sample / numel), and a kept coordinate's key is p times a uniform number
+    hashed from (seed, tensor name, flat index), so the keys are those of "keep where a uniform
+    key < p". The layer keeps the dip_sample smallest keys of its tensors' samples (a bottom-k
+    sample): a uniform sample of the union, so the dip weighs coordinates equally, and merging
+    in any order or grouping gives the same points.
     """
     if not sketches:
         raise ValueError("combine_layer needs at least one sketch")
-    sketches = sorted(sketches, key=lambda s: s.name)  # the result must not depend on input order
+    sketches = sorted(sketches, key=lambda s: s.name)  # moments: the same rounding every time
     label = name if name is not None else sketches[0].name
     out = _combine(sketches, name=label)
     k = sketches[0].cfg.dip_sample
-    total = sum(s.numel for s in sketches)
-    samples = [s.dip_sample() for s in sketches]
-    if total <= k or len(sketches) == 1:
-        quotas = [su.size for su, _ in samples]
+    keys = []
+    for s in sketches:
+        if s.sample_key is not None:
+            keys.append(s.sample_key)
+        else:
+            p = min(1.0, k / max(s.numel, 1))
+            keys.append(p * _hash_uniform(s.cfg.seed, name_key(s.name), s.sample_idx))
+    key = np.concatenate(keys)
+    u, r = out.sample_u, out.sample_r
+    if key.size > k:
+        keep = np.argpartition(key, k - 1)[:k]
     else:
-        exact = np.array([k * s.numel / total for s in sketches])
-        quotas_arr = np.floor(exact).astype(np.int64)
-        rest = k - int(quotas_arr.sum())
-        quotas_arr[np.argsort(-(exact - quotas_arr), kind="stable")[:rest]] += 1
-        quotas = [min(int(q), su.size) for q, (su, _) in zip(quotas_arr, samples, strict=True)]
-    us, rs, idx = [], [], []
-    for s, (su, sr), q in zip(sketches, samples, quotas, strict=True):
-        if q < su.size:
-            rng = np.random.default_rng([s.cfg.seed, name_key(s.name), 2, s.numel])
-            keep = _uniform_subset(rng, su.size, q)  # order is irrelevant to the dip
-            su, sr = su[keep], sr[keep]
-        us.append(su)
-        rs.append(sr)
-        idx.append(np.full(su.size, -1, np.int64))
-    out.sample_u, out.sample_r = np.concatenate(us), np.concatenate(rs)
-    out.sample_idx = np.concatenate(idx)
+        keep = np.arange(key.size)
+    keep = keep[np.argsort(key[keep], kind="stable")]  # a canonical order
+    out.sample_key, out.sample_u, out.sample_r = key[keep], u[keep], r[keep]
+    out.sample_idx = np.full(keep.size, -1, np.int64)
     return out
+
+
+def _hash_uniform(seed: int, key: int, idx: np.ndarray) -> np.ndarray:
+    """Uniform numbers in [0, 1) from (seed, key, index) by SplitMix64's finaliser."""
+    with np.errstate(over="ignore"):
+        x = idx.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x ^= np.uint64(key & 0xFFFFFFFFFFFFFFFF) ^ np.uint64((seed * 0xD1B54A32D192ED03) % 2**64)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53

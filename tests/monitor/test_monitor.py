@@ -116,6 +116,13 @@ def test_report_and_figures_on_live_tables(run, tmp_path):
     html = tmp_path / "r.html"
     write_report(tmp / "mon", html)
     assert html.stat().st_size > 10_000
+    from adamscope.figures.heatmap import live_norms
+
+    t = adamscope.load(tmp / "mon")
+    norms = live_norms(t)  # the heatmap's source: the monitor's exact layer norms of p.grad
+    assert norms is not None and norms.height == t.layers.height
+    written = adamscope.figures.write_heatmap(t, tmp_path / "heat", formats=("png",))
+    assert written
 
 
 def test_refuses_bad_arguments(tmp_path):

@@ -305,3 +305,24 @@ def test_merge_layer_weighs_tensors_by_numel() -> None:
     assert abs(row["dip_r"] - diptest.dipstat(r)) < 0.006
     for q in layer.hists:
         np.testing.assert_array_equal(layer.hists[q], a.hists[q] + b.hists[q])
+
+
+def test_layer_sample_does_not_depend_on_merge_order() -> None:
+    """A layer folded tensor by tensor (as tables.checkpoint does) keeps the same sample points
+    whatever order its tensors arrive in (readers differ: storage order, group order)."""
+    t = 40
+    parts = [
+        sketch_of(*_state(n, seed=30 + i), HP, t, name=f"h.0.{c}")
+        for i, (n, c) in enumerate([(90_000, "a"), (50_000, "b"), (20_000, "c")])
+    ]
+    a, b, c = parts
+    one = merge_layer([merge_layer([a, b], name="L"), c], name="L")
+    two = merge_layer([merge_layer([c, a], name="L"), b], name="L")
+    assert one.sample_u.size == 65_536
+    np.testing.assert_array_equal(one.sample_u, two.sample_u)
+    np.testing.assert_array_equal(one.sample_r, two.sample_r)
+    # numel-weighted: each tensor's share of the sample is close to its share of coordinates
+    share = {s.name: 0 for s in parts}
+    for s in parts:
+        share[s.name] = np.isin(one.sample_u, s.sample_u).sum() / one.sample_u.size
+    assert abs(share["h.0.a"] - 90 / 160) < 0.02 and abs(share["h.0.c"] - 20 / 160) < 0.02
