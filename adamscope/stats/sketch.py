@@ -330,13 +330,11 @@ def combine_layer(sketches: list[TensorSketch], *, name: str | None = None) -> T
             keys.append(p * _hash_uniform(s.cfg.seed, name_key(s.name), s.sample_idx))
     key = np.concatenate(keys)
     u, r = out.sample_u, out.sample_r
-    if key.size > k:
-        keep = np.argpartition(key, k - 1)[:k]
-    else:
-        keep = np.arange(key.size)
-    keep = keep[np.argsort(key[keep], kind="stable")]  # a canonical order
-    out.sample_key, out.sample_u, out.sample_r = key[keep], u[keep], r[keep]
-    out.sample_idx = np.full(keep.size, -1, np.int64)
+    if key.size > k:  # the same points whatever the merge order (their order differs: the dip
+        keep = np.argpartition(key, k - 1)[:k]  # does not look at it)
+        key, u, r = key[keep], u[keep], r[keep]
+    out.sample_key, out.sample_u, out.sample_r = key, u, r
+    out.sample_idx = np.full(key.size, -1, np.int64)
     return out
 
 
