@@ -482,6 +482,19 @@ def _flat_offset(p: Any) -> int:
     return flat
 
 
+def _steps_before(out: Path) -> list[int]:
+    """The steps a monitor already wrote into `out` (its manifest), so a restart keeps them."""
+    import json
+
+    try:
+        m = json.loads((out / "manifest.json").read_text())
+        if m.get("source") != "monitor":
+            return []
+        return sorted({int(s) for s in m["live"]["steps"]})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
 # ---- the writer --------------------------------------------------------------------------------
 class _Writer:
     """Builds rows from sketches and writes the parts, on one background thread (or inline)."""
@@ -501,7 +514,7 @@ class _Writer:
         (out / LIVE).mkdir(parents=True, exist_ok=True)
         # (level, key) -> (last judged verdict, its step)
         self.previous: dict[tuple[str, str], tuple[str, int]] = {}
-        self.steps: list[int] = []
+        self.steps: list[int] = _steps_before(out)  # a restarted run keeps what is on disk
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.error: BaseException | None = None
         self.q: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -592,8 +605,8 @@ class _Writer:
         part = f"step-{step:09d}.parquet"
         for name in ("tensors", "layers", "histograms"):  # histograms first on disk is harmless
             io.write_parquet(frames[name], live / name / part)
-        self.steps.append(step)
-        self._manifest()
+        self.steps = sorted(set(self.steps) | {step})
+        self._manifest()  # after every part of the flush: load() counts a flush from here
 
     def _judge(self, df: Any, key: str, thr: StageThresholds) -> Any:
         """The verdicts with this run's history (as `load` re-judges the stacked parts)."""

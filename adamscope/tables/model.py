@@ -234,11 +234,30 @@ def _live_parts(out: Path) -> dict[str, list[Path]]:
     root = out / LIVE
     if not root.is_dir() or root.is_symlink():
         return {}
-    return {
-        name: sorted(p for p in (root / name).glob("*.parquet") if not p.name.startswith("."))
-        for name in FILES
-        if (root / name).is_dir()
-    }
+    done = _live_steps(out)  # a flush counts once the manifest lists it (after all its parts)
+    parts = {}
+    for name in FILES:
+        if not (root / name).is_dir():
+            continue
+        files = sorted(p for p in (root / name).glob("*.parquet") if not p.name.startswith("."))
+        if done is not None and name != "losses":
+            files = [p for p in files if _part_step(p) in done]
+        parts[name] = files
+    return parts
+
+
+def _part_step(p: Path) -> int | None:
+    stem = p.stem
+    return int(stem[5:]) if stem.startswith("step-") and stem[5:].isdigit() else None
+
+
+def _live_steps(out: Path) -> set[int] | None:
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+        steps = m["live"]["steps"]
+        return {int(s) for s in steps}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _stack(name: str, parts: list[Path]) -> pl.DataFrame:
