@@ -179,7 +179,10 @@ class Monitor:
         entries = self._entries()
         losses, self._losses = self._losses, []
         if self._copy(entries):
-            # one process: a copy of the state, summarised on the writer thread with the rows
+            # one process: a copy of the state, summarised on the writer thread with the rows;
+            # the previous flush is finished first, so one copy exists at a time (a writer slower
+            # than `every` steps makes training wait here rather than memory grow)
+            self._writer.wait()  # type: ignore[union-attr]
             snap = [e.copy() for e in entries]
             self._writer.submit(t, snap, losses)  # type: ignore[union-attr]
         else:
@@ -551,6 +554,7 @@ class _Writer:
                 log.error("monitor: %s", e)
                 self.error = e
             finally:
+                job = None  # the state copy goes before the next flush is made  # noqa: F841
                 self.q.task_done()
 
     def wait(self) -> None:
