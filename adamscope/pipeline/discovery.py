@@ -57,11 +57,13 @@ def discover(path: Path) -> list[Found]:
 
     if not path.exists():
         raise AdamscopeError(f"{path}: no such file or directory")
-    if path.is_file():
+    if not path.is_dir():  # a file, or a FIFO/device that detect refuses naming it
         return [Found(path, step_from_name(path), registry.detect(path))]
     children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
     stepped = _readable([c for c in children if step_from_name(c) is not None], warn=True)
-    itself = _detect_quiet(path) if len(stepped) < 2 else None  # the folder as one checkpoint
+    itself, broken = _detect_quiet(path) if len(stepped) < 2 else (None, None)  # the folder itself
+    if broken is not None and stepped:
+        log.warning("%s; analysing the checkpoints inside the folder instead", broken)
     if len(stepped) >= 2 or (stepped and itself is None):
         stepped.sort(key=lambda f: (f.name_step if f.name_step is not None else -1, f.path.name))
         return stepped
@@ -77,6 +79,8 @@ def discover(path: Path) -> list[Found]:
                 len(plain),
             )
         return plain
+    if broken is not None:  # e.g. a `latest` that is a FIFO: say so, not "no checkpoint"
+        raise broken
     listing = ", ".join(c.name for c in children[:12]) or "nothing"
     more = f" (+{len(children) - 12} more)" if len(children) > 12 else ""
     raise UnsupportedFormatError(
@@ -138,11 +142,14 @@ def _resolve(p: Path) -> Found | None:
     return inner[0] if len(inner) == 1 else None
 
 
-def _detect_quiet(path: Path) -> type | None:
-    """The reader of `path`, or None when no reader recognises it."""
+def _detect_quiet(path: Path) -> tuple[type | None, CorruptCheckpointError | None]:
+    """(the reader of `path` or None when no reader recognises it, the error when a broken file
+    in it stopped the detection)."""
     from adamscope.readers import registry
 
     try:
-        return registry.detect(path)
+        return registry.detect(path), None
+    except CorruptCheckpointError as e:
+        return None, e
     except AdamscopeError:
-        return None
+        return None, None

@@ -32,6 +32,7 @@ from adamscope.errors import (
     UnsafePickleError,
     UnsupportedFormatError,
 )
+from adamscope.readers import guard
 from adamscope.readers.base import child_path
 from adamscope.readers.optim_state import hyper_params
 from adamscope.readers.torchzip import _check_memo
@@ -138,8 +139,8 @@ class _Entry:
 def read_metadata(folder: Path) -> dict[str, _Entry]:
     """Parses `<folder>/.metadata` safely into flat key -> _Entry (in the file's key order)."""
     source = folder / ".metadata"
+    data = guard.bounded_read(source, limit=guard.PICKLE_BYTES, what="DCP .metadata")
     try:
-        data = source.read_bytes()
         _check_memo(data, source)  # a forged memo index would make the C unpickler allocate GBs
         md = _MetadataUnpickler(io.BytesIO(data), source=source).load()
     except AdamscopeError:
@@ -198,6 +199,12 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
             dtype = props.state[0] if isinstance(props.state, tuple) else props.get("dtype")
             size = tuple(meta.get("size"))
         entries[key] = _Entry(key, path, dtype, size, tuple(chunks))
+    sizes: dict[Path, int] = {}
+    for entry in entries.values():  # every file regular, every byte range inside its file
+        for c in entry.chunks:
+            if c.file not in sizes:
+                sizes[c.file] = guard.regular_file(c.file, what=".distcp file")
+            _check_span(c, sizes[c.file])
     return entries
 
 
@@ -208,6 +215,7 @@ class _BlobTensor:
         from adamscope.readers.unpickler import RestrictedUnpickler
 
         self.chunk = chunk
+        _check_span(chunk)
         with open(chunk.file, "rb") as f:
             head = os.pread(f.fileno(), 4, chunk.byte_offset)
             if head[:2] != b"PK":  # raw bytes (DCP's safetensors serialization): dtype from meta
@@ -237,6 +245,7 @@ class _BlobTensor:
                 name_len = int.from_bytes(header[26:28], "little")
                 extra_len = int.from_bytes(header[28:30], "little")
                 self.data_start = chunk.byte_offset + info.header_offset + 30 + name_len + extra_len
+                self.data_end = self.data_start + info.file_size
         expected = [math.prod(self.shape[i + 1 :]) for i in range(len(self.shape))]
         if any(s != e for s, e, n in zip(stride, expected, self.shape, strict=True) if n > 1):
             raise UnsupportedFormatError(f"{chunk.file}: non-contiguous chunk tensor")
@@ -245,6 +254,14 @@ class _BlobTensor:
         self.torch_dtype = getattr(torch, self.dtype)
         self.itemsize = torch.empty((), dtype=self.torch_dtype).element_size()
         self.numel = math.prod(self.shape)
+        # the tensor must fit its storage entry, and the entry its blob: else reads would return
+        # the bytes of whatever follows (the next tensor) as this one's values
+        end = self.data_start + (self.offset + self.numel) * self.itemsize
+        if end > min(self.data_end, chunk.byte_offset + chunk.length):
+            raise CorruptCheckpointError(
+                f"{chunk.file}: chunk tensor of {self.numel} elements runs past its storage "
+                f"entry (blob at byte {chunk.byte_offset}, {chunk.length} bytes)"
+            )
 
     def read(self, start: int, stop: int) -> Any:
         """Elements [start, stop) of the chunk in flat order, as a 1-D tensor (see buffers.empty)."""
@@ -301,10 +318,31 @@ class _SliceFile(io.RawIOBase):
         return len(data)
 
 
+_SMALL_BYTES = 64 << 20  # a step, an lr, a param-group `params` list of names (~100 B per name)
+
+
+def _check_span(chunk: _Chunk, size: int | None = None) -> None:
+    """The chunk's file is a regular file (a FIFO named .distcp would block the open) and its
+    byte range lies inside it (a huge length in a sparse file is refused before any read)."""
+    if size is None:
+        size = guard.regular_file(chunk.file, what=".distcp file")
+    if chunk.byte_offset < 0 or chunk.length < 0 or chunk.byte_offset + chunk.length > size:
+        raise CorruptCheckpointError(
+            f"{chunk.file}: entry at byte {chunk.byte_offset} of {chunk.length} bytes lies "
+            f"outside the file ({size} bytes)"
+        )
+
+
 def load_small(chunk: _Chunk) -> Any:
     """A bytes object or a tiny tensor (step, hyper-parameters): torch.load(weights_only=True)."""
     import torch
 
+    _check_span(chunk)
+    if chunk.length > _SMALL_BYTES:
+        raise CorruptCheckpointError(
+            f"{chunk.file}: a {chunk.length} byte entry where a step or hyper-parameter "
+            f"(at most {_SMALL_BYTES} bytes) is stored"
+        )
     with open(chunk.file, "rb") as f:
         blob = os.pread(f.fileno(), chunk.length, chunk.byte_offset)
     if len(blob) != chunk.length:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -30,8 +31,9 @@ from typing import Any
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
+from adamscope.readers import guard
 from adamscope.readers.naming import is_tensor_like, strip_compile_prefix
-from adamscope.readers.optim_state import check_adam, hyper_params
+from adamscope.readers.optim_state import check_adam, check_dense, hyper_params
 from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,9 @@ def resolve_tag_folder(path: Path) -> Path | None:
         return None
     for pointer in ("latest", "latest_universal"):
         latest = path / pointer
-        if latest.is_file():
-            tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+        if os.path.lexists(latest):  # a FIFO or a sparse file of GBs: refused, not read
+            raw = guard.bounded_read(latest, limit=guard.POINTER_BYTES, what="DeepSpeed tag file")
+            tag = raw.decode("utf-8", errors="replace").strip()
             # a tag is one folder name: `latest` must not point adamscope outside the checkpoint
             if (
                 tag
@@ -105,7 +108,24 @@ def _shapes(model_sd: Any, *, source: Path) -> list[OrderedDict[str, tuple[int, 
         shapes = [shapes]
     if not isinstance(shapes, list) or not all(isinstance(s, dict) for s in shapes):
         raise CorruptCheckpointError(f"{source}: no 'param_shapes' list")
-    return [OrderedDict((str(k), tuple(int(d) for d in v)) for k, v in s.items()) for s in shapes]
+    out = []
+    for s in shapes:
+        group: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        for k, v in s.items():
+            if not isinstance(k, str) or not isinstance(v, tuple | list):
+                raise CorruptCheckpointError(
+                    f"{source}: param_shapes holds a {type(k).__name__} -> {type(v).__name__} "
+                    "entry, not name -> shape"
+                )
+            what = f"a dimension of param_shapes[{k[:80]!r}]"
+            group[k] = tuple(guard.finite_int(d, source=source, what=what) for d in v)
+        out.append(group)
+    return out
+
+
+def _dict(x: Any) -> dict:
+    """`x` when it is a dict, else {} (a ds_config section that is a list, a string, None)."""
+    return x if isinstance(x, dict) else {}
 
 
 def _group_of(param_groups: list[dict], j: int) -> dict:
@@ -131,6 +151,27 @@ class _Fragment:
 
 
 _Layout = list[tuple[str, tuple[int, ...], list[_Fragment]]]
+
+
+def _checked_fragment(
+    state: dict, start: int, count: int, offset: int, *, source: Path
+) -> _Fragment:
+    """A fragment of a rank's flat m/v (and max v), after checking that the tensors are dense and
+    that [start, start+count) lies inside them."""
+    tensors = {k: state.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    for what, t in tensors.items():
+        if t is None and what == "max_exp_avg_sq":
+            continue
+        if not is_tensor_like(t):
+            raise CorruptCheckpointError(f"{source}: {what} is not a tensor")
+        check_dense(t, source=str(source), what=f"flat {what}")
+        if start < 0 or count < 0 or start + count > t.numel:
+            raise CorruptCheckpointError(
+                f"{source}: fragment [{start}, {start + count}) lies outside the flat {what} of "
+                f"{t.numel} elements"
+            )
+    m, v, vmax = tensors.values()
+    return _Fragment(m, v, vmax, start, count, offset)
 
 
 class _OpenFiles:
@@ -184,11 +225,13 @@ class DeepSpeedReader:
         self.param_shapes = _shapes(self.model_sd, source=self.model_file)
         self.optim_files = self._optim_files()
         self.world = len(self.optim_files)
-        ds_config = self.model_sd.get("ds_config") or {}
-        zero_cfg = ds_config.get("zero_optimization") or {}
-        self.stage = int(zero_cfg.get("stage", 0) or 0)
+        ds_config = _dict(self.model_sd.get("ds_config"))
+        zero_cfg = _dict(ds_config.get("zero_optimization"))
+        self.stage = guard.finite_int(
+            zero_cfg.get("stage", 0) or 0, source=self.model_file, what="zero_optimization.stage"
+        )
         self.bf16 = self.optim_files[0].name.startswith("bf16_") or bool(
-            (ds_config.get("bf16") or {}).get("enabled", False)
+            _dict(ds_config.get("bf16")).get("enabled", False)
         )
 
     def _optim_files(self) -> list[Path]:
@@ -205,10 +248,14 @@ class DeepSpeedReader:
                 "convert it with deepspeed.checkpoint.ds_to_universal and read that"
             )
         world = max(by_rank) + 1 if by_rank else 0
-        missing = [r for r in range(world) if r not in by_rank]
-        if not by_rank or missing:
+        if not by_rank or world != len(by_rank):
+            # never range(world): a rank index of 10**12 in a file name must not build a list
+            missing = [r for r in range(min(world, len(by_rank) + 5)) if r not in by_rank][:5]
+            n = world - len(by_rank)
+            more = f" and {n - len(missing)} more" if n > len(missing) else ""
             raise CorruptCheckpointError(
-                f"{self.folder}: optimizer shards of ranks {missing} are missing"
+                f"{self.folder}: optimizer shards of ranks {missing}{more} are missing "
+                f"({len(by_rank)} shard files, highest rank {world - 1})"
             )
         declared = self.model_sd.get("dp_world_size")
         if isinstance(declared, int) and declared != world:
@@ -349,10 +396,8 @@ class DeepSpeedReader:
             )
         return out
 
-    @staticmethod
-    def _frag(state: dict, start: int, count: int, offset: int) -> _Fragment:
-        vmax = state.get("max_exp_avg_sq")
-        return _Fragment(state["exp_avg"], state["exp_avg_sq"], vmax, start, count, offset)
+    def _frag(self, state: dict, start: int, count: int, offset: int) -> _Fragment:
+        return _checked_fragment(state, start, count, offset, source=self.folder)
 
     def _check(self, name: str, shape: tuple[int, ...], found: int) -> None:
         if found != math.prod(shape):
@@ -469,7 +514,9 @@ class DeepSpeedUniversalReader:
                         f"{folder}: exp_avg has {m.numel} elements, exp_avg_sq {v.numel}, "
                         f"param_shapes says {math.prod(shape)}"
                     )
-                frags = [_Fragment(m, v, None, 0, m.numel, 0)]
+                frags = [
+                    _checked_fragment({"exp_avg": m, "exp_avg_sq": v}, 0, m.numel, 0, source=folder)
+                ]
                 yield TensorState(
                     name=strip_compile_prefix(name),
                     shape=shape,

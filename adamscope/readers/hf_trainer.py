@@ -93,6 +93,7 @@ class HFTrainerReader:
 
     # -- the reader surface -------------------------------------------------------------------
     def describe(self) -> CheckpointInfo:
+        step = self._global_step()  # first: a broken trainer_state.json fails before naming
         sd = self._state_dict()
         names = self._param_names()
         shapes = [_shape(s["exp_avg"]) for s in sd["state"].values() if "exp_avg" in s]
@@ -102,7 +103,7 @@ class HFTrainerReader:
         return CheckpointInfo(
             path=self.path,
             format=self.name,
-            step=self._global_step(),
+            step=step,
             n_tensors=len(shapes),
             n_params=sum(_numel(s) for s in shapes),
             bytes_on_disk=(self.path / OPTIMIZER).stat().st_size,

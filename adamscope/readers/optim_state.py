@@ -237,13 +237,7 @@ def _tensor_state(
             f"{source}: '{name}' exp_avg {tuple(m.shape)} and exp_avg_sq {tuple(v.shape)} differ"
         )
     for what, t in (("exp_avg", m), ("exp_avg_sq", v)):
-        if not _non_overlapping(tuple(t.shape), tuple(getattr(t, "stride", ()))):
-            # optimizer state is dense; zero/overlapping strides would let a tiny file claim a
-            # huge tensor and stream for hours
-            raise CorruptCheckpointError(
-                f"{source}: '{name}' {what} has overlapping strides {tuple(t.stride)} for shape "
-                f"{tuple(t.shape)}: not a saved optimizer state"
-            )
+        check_dense(t, source=source, what=f"'{name}' {what}")
     notes: list[str] = []
     vmax = entry.get("max_exp_avg_sq") if hp.amsgrad else None
     if hp.amsgrad and not is_tensor_like(vmax):
@@ -270,6 +264,17 @@ def _tensor_state(
         chunks=_chunker(m, v, vmax, name=name, source=source),
         notes=notes,
     )
+
+
+def check_dense(t: Any, *, source: str, what: str) -> None:
+    """Raises CorruptCheckpointError when two elements of tensor `t` share storage: optimizer
+    state is dense, and zero or overlapping strides would let a tiny file claim a huge tensor
+    (4 bytes as 2^36 elements) and stream for hours."""
+    if not _non_overlapping(tuple(t.shape), tuple(getattr(t, "stride", ()))):
+        raise CorruptCheckpointError(
+            f"{source}: {what} has overlapping strides {tuple(t.stride)} for shape "
+            f"{tuple(t.shape)}: not a saved optimizer state"
+        )
 
 
 def _non_overlapping(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:

@@ -65,7 +65,10 @@ def detect(path: str | os.PathLike[str]) -> type[Reader]:
     path = Path(path)
     if not path.exists():
         raise UnsupportedFormatError(f"{path}: no such file or directory")
-    if path.is_file():
+    if not path.is_dir():  # a FIFO or device would block or never end: refused before any open
+        from adamscope.readers import guard
+
+        guard.regular_file(path, what="checkpoint file")
         _check_whole(path)
     for reader in READERS:
         if reader.probe(path):
@@ -88,7 +91,9 @@ def _check_whole(path: Path) -> None:
             raise CorruptCheckpointError(f"{path}: empty file (0 bytes): the save did not finish")
         raise UnsupportedFormatError(f"{path}: empty file (0 bytes)")
     if path.suffix == ".safetensors":
-        check_safetensors(path, size)
+        from adamscope.readers import safetensors_io
+
+        safetensors_io.header(path)  # header and data not cut short, entries well-formed
     if head == _ZIP_MAGIC and not is_zip(path):
         raise CorruptCheckpointError(
             f"{path}: truncated zip file ({size} bytes, no central directory at the end): the "
@@ -129,33 +134,3 @@ def describe_found(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
     return f"a file of {path.stat().st_size} bytes starting with {head!r}"
-
-
-def check_safetensors(path: Path, size: int) -> None:
-    """Raises CorruptCheckpointError when a safetensors file's header or data is cut short."""
-    import json
-    import struct
-
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CorruptCheckpointError(f"{path}: truncated safetensors header ({size} bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if 8 + n > size:
-            raise CorruptCheckpointError(
-                f"{path}: truncated safetensors header (says {n} bytes, the file has {size - 8})"
-            )
-        header = f.read(n)
-    try:
-        meta = json.loads(header)
-        end = max(
-            (int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"),
-            default=0,
-        )
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-        raise CorruptCheckpointError(f"{path}: unreadable safetensors header ({e})") from None
-    if 8 + n + end > size:
-        raise CorruptCheckpointError(
-            f"{path}: truncated safetensors data (tensors end at byte {8 + n + end}, the file "
-            f"has {size})"
-        )

@@ -7,13 +7,16 @@ every reader's `weights()` (the model weights stored beside the optimizer state)
 
 from __future__ import annotations
 
-import json
+import functools
+import gc
 import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adamscope.errors import CorruptCheckpointError
+from adamscope.readers import guard
 
 if TYPE_CHECKING:
     import torch
@@ -62,12 +65,106 @@ def read_flat(handle: Any, name: str, shape: tuple[int, ...], a: int, b: int) ->
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+class Entry(NamedTuple):
+    """One tensor of a safetensors header: dtype code ("F32", ...), shape, data byte range."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def header(file: Path) -> dict[str, Entry]:
+    """name -> Entry of every tensor of a safetensors file, in the file's order; parsed once per
+    file version (cached: probes, readers and naming all ask, a header may hold 10^5 tensors).
+
+    Checked before anything is parsed: a regular file, a header under the format's limit
+    (guard.SAFETENSORS_HEADER_BYTES) that fits the file; then every entry's dtype, shape and
+    data range, which must lie inside the file.
+
+    Raises:
+        CorruptCheckpointError: naming the file and what is wrong.
+    """
+    size = guard.regular_file(Path(file), what="safetensors file")
+    return _header(str(file), os.stat(file).st_mtime_ns, size)
+
+
+@functools.lru_cache(maxsize=4)
+def _header(file: str, mtime_ns: int, size: int) -> dict[str, Entry]:
+    with open(file, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CorruptCheckpointError(f"{file}: truncated safetensors header ({size} bytes)")
+        n = int.from_bytes(raw, "little")
+        if n > guard.SAFETENSORS_HEADER_BYTES:
+            raise CorruptCheckpointError(
+                f"{file}: safetensors header of {n} bytes, over the format's limit of "
+                f"{guard.SAFETENSORS_HEADER_BYTES}"
+            )
+        if 8 + n > size:
+            raise CorruptCheckpointError(
+                f"{file}: truncated safetensors header (says {n} bytes, the file has {size - 8})"
+            )
+        raw = f.read(n)
+    gc_was_on = gc.isenabled()
+    gc.disable()  # millions of small acyclic objects: the cyclic GC would double the time
+    try:
+        meta = guard.parse_json(raw, source=file)
+        if not isinstance(meta, dict):
+            raise CorruptCheckpointError(f"{file}: safetensors header is not a JSON object")
+        meta.pop("__metadata__", None)
+        out = _entries(meta, file=file)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    end = max((e.end for e in out.values()), default=0)
+    if 8 + n + end > size:
+        raise CorruptCheckpointError(
+            f"{file}: truncated safetensors data (tensors end at byte {8 + n + end}, the file "
+            f"has {size})"
+        )
+    return out
+
+
+def _entries(meta: dict[str, Any], *, file: str) -> dict[str, Entry]:
+    """Every header entry checked and as an Entry (one tight loop: 10^5-10^6 entries)."""
+    out: dict[str, Entry] = {}
+    for name, v in meta.items():
+        try:
+            dtype, shape, (a, b) = v["dtype"], v["shape"], v["data_offsets"]
+            ok = type(dtype) is str and type(shape) is list and type(a) is int and type(b) is int
+            ok = ok and 0 <= a <= b and all(type(d) is int and d >= 0 for d in shape)
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise CorruptCheckpointError(
+                f"{file}: unreadable safetensors header entry {str(name)[:80]!r} (needs dtype, "
+                "shape and data_offsets of non-negative integers)"
+            )
+        out[name] = Entry(dtype, tuple(shape), a, b)
+    return out
+
+
 def shapes(file: Path) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor in one safetensors file (its header only)."""
-    from safetensors import safe_open
+    return {k: e.shape for k, e in header(file).items()}
 
-    with safe_open(str(file), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+class Handles:
+    """One open `safe_open` handle per file, reused for every read (opening one parses the whole
+    header again: per tensor, that is quadratic in the number of tensors)."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, Any] = {}
+
+    def get(self, file: Path) -> Any:
+        handle = self._open.get(file)
+        if handle is None:
+            from safetensors import safe_open
+
+            header(file)  # the checks, before the library opens it
+            handle = self._open[file] = safe_open(str(file), framework="pt")
+        return handle
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -80,36 +177,42 @@ def model_files(folder: Path) -> list[Path]:
     from adamscope.readers.base import child_path
 
     index = folder / INDEX
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CorruptCheckpointError(f"{index}: not a safetensors index ({e})") from e
-        return [child_path(folder, str(n), source=index) for n in names]
-    return [folder / SINGLE] if (folder / SINGLE).is_file() else []
+    if os.path.lexists(index):  # a FIFO or a sparse file of GBs is refused, not read
+        meta = guard.read_json(index, what="safetensors index")
+        weight_map = meta.get("weight_map") if isinstance(meta, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise CorruptCheckpointError(
+                f"{index}: not a safetensors index (no 'weight_map' of tensor name -> file name)"
+            )
+        names = sorted(set(weight_map.values()))
+        return [child_path(folder, n, source=index) for n in names]
+    return [folder / SINGLE] if os.path.lexists(folder / SINGLE) else []
 
 
 class SafetensorsTensor:
     """A lazy tensor of a safetensors file: `shape`, `read(start, stop)` in flat order."""
 
-    def __init__(self, file: Path, name: str, shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, file: Path, name: str, shape: tuple[int, ...], handles: Handles | None = None
+    ) -> None:
         self.file, self.name, self.shape = file, name, shape
+        self.handles = handles or Handles()
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(self.file), framework="pt") as f:
-            return read_flat(f, self.name, self.shape, start, stop)
+        return read_flat(self.handles.get(self.file), self.name, self.shape, start, stop)
 
 
 def lazy_tensors(files: Sequence[Path], *, rename: Any = None) -> dict[str, SafetensorsTensor]:
     """name -> SafetensorsTensor over several files (`rename(name)` maps stored names)."""
     out: dict[str, SafetensorsTensor] = {}
+    handles = Handles()
     for file in files:
         for name, shape in shapes(file).items():
-            out[rename(name) if rename else name] = SafetensorsTensor(file, name, shape)
+            out[rename(name) if rename else name] = SafetensorsTensor(file, name, shape, handles)
     return out

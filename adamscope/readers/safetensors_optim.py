@@ -16,6 +16,7 @@ from pathlib import Path
 
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsupportedFormatError
+from adamscope.readers import guard, safetensors_io
 from adamscope.readers.safetensors_io import read_flat
 from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
@@ -27,13 +28,10 @@ MLX_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "bias_correction": Fa
 
 
 def _keys(path: Path) -> list[str] | None:
-    """Tensor names of a safetensors file (header only), or None when it is not one."""
-    from safetensors import SafetensorError, safe_open
-
+    """Tensor names of a safetensors file (its header, parsed once), or None when it is not one."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return list(safetensors_io.header(path))
+    except CorruptCheckpointError:
         return None
 
 
@@ -68,13 +66,10 @@ class SafetensorsOptimReader:
         return keys is not None and _is_mlx_state(keys)
 
     def __init__(self, path: Path, *, options: ReaderOptions) -> None:
-        from safetensors import safe_open
-
         self.path = Path(path)
         self.options = options
-        keys = _keys(self.path)
-        if keys is None:
-            raise UnsupportedFormatError(f"{self.path}: not a safetensors file")
+        entries = safetensors_io.header(self.path)  # CorruptCheckpointError naming what is wrong
+        keys = list(entries)
         if not _is_mlx_state(keys):
             raise UnsupportedFormatError(
                 f"{self.path}: safetensors without MLX optimizer keys ('step', '<name>.m', "
@@ -87,16 +82,21 @@ class SafetensorsOptimReader:
                 "not Adam's m and v (SGD/RMSprop keep v, Lion m, Adafactor factored rows)"
             )
         self.names = [k[: -len(".m")] for k in keys if k.endswith(".m")]
-        with safe_open(str(self.path), framework="pt") as f:
-            self.shapes = {n: tuple(f.get_slice(f"{n}.m").get_shape()) for n in self.names}
-            self.dtypes = {n: f.get_slice(f"{n}.m").get_dtype() for n in self.names}
-            for n in self.names:
-                if tuple(f.get_slice(f"{n}.v").get_shape()) != self.shapes[n]:
-                    raise CorruptCheckpointError(f"{self.path}: '{n}.m' and '{n}.v' shapes differ")
-            self.step = float(f.get_tensor("step").item())
-            self.lr = (
-                float(f.get_tensor("learning_rate").item()) if "learning_rate" in keys else None
-            )
+        self.shapes = {n: entries[f"{n}.m"].shape for n in self.names}
+        self.dtypes = {n: entries[f"{n}.m"].dtype for n in self.names}
+        for n in self.names:
+            if entries[f"{n}.v"].shape != self.shapes[n]:
+                raise CorruptCheckpointError(f"{self.path}: '{n}.m' and '{n}.v' shapes differ")
+            for k in (f"{n}.m", f"{n}.v"):
+                if entries[k].dtype not in _DTYPES:
+                    raise CorruptCheckpointError(
+                        f"{self.path}: '{k}' is {entries[k].dtype}; Adam moments are floating "
+                        "point (F16/BF16/F32/F64)"
+                    )
+        self._handles = safetensors_io.Handles()  # one open file: the header is parsed once
+        f = self._handles.get(self.path)
+        self.step = float(guard.finite_int(f.get_tensor("step"), source=self.path, what="step"))
+        self.lr = _scalar(f, "learning_rate", source=self.path) if "learning_rate" in keys else None
 
     def describe(self) -> CheckpointInfo:
         return CheckpointInfo(
@@ -148,12 +148,17 @@ class SafetensorsOptimReader:
             )
 
     def _chunks(self, name: str, n: int) -> Iterator[tuple]:
-        from safetensors import safe_open
-
         shape, numel = self.shapes[name], math.prod(self.shapes[name])
-        with safe_open(str(self.path), framework="pt") as f:
-            for a in range(0, numel, n):
-                b = min(a + n, numel)
-                m = read_flat(f, f"{name}.m", shape, a, b)
-                v = read_flat(f, f"{name}.v", shape, a, b)
-                yield a, m, v, None
+        f = self._handles.get(self.path)
+        for a in range(0, numel, n):
+            b = min(a + n, numel)
+            m = read_flat(f, f"{name}.m", shape, a, b)
+            v = read_flat(f, f"{name}.v", shape, a, b)
+            yield a, m, v, None
+
+
+def _scalar(f: object, key: str, *, source: Path) -> float:
+    t = f.get_tensor(key)  # type: ignore[attr-defined]
+    if t.numel() != 1 or not math.isfinite(float(t.reshape(-1)[0])):
+        raise CorruptCheckpointError(f"{source}: '{key}' is not one finite number")
+    return float(t.reshape(-1)[0])

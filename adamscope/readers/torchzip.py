@@ -436,9 +436,12 @@ def _check_memo(data: bytes, path: Path) -> None:
 
 
 def _check_whole(path: Path) -> None:
-    """Raises CorruptCheckpointError for an empty file or a zip file cut off before its end."""
+    """Raises CorruptCheckpointError for something that is not a regular file (a FIFO would block
+    the open forever), an empty file or a zip file cut off before its end."""
+    from adamscope.readers import guard
+
+    size = guard.regular_file(path, what="torch.save file")
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
