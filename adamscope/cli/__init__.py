@@ -6,7 +6,7 @@ present.py: the text they print; progress.py: the bars.
 
 from __future__ import annotations
 
-from adamscope.cli import analysis, forensics, outputs, runs  # noqa: F401 - they register commands
+from adamscope.cli import analysis, forensics, outputs, repair, runs  # noqa: F401 - they register commands
 from adamscope.cli.common import app
 
 __all__ = ["app", "main"]
