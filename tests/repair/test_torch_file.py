@@ -1,0 +1,149 @@
+"""repair of the torch.save family, on checkpoints written at test time by torch.save (bare
+optimizer state_dict, nanoGPT-style ckpt.pt) from a real proxy-GPT AdamW run: the output loads
+with torch.load(weights_only=True) + load_state_dict and trains on; the reset tensors are zero;
+every other leaf of the file is bit-identical; analyze of the output shows the reset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+import adamscope
+from adamscope.repair import repair
+from adamscope.sim import proxy
+
+from ._make import CFG, differences, listing, same_bits, state_keys, step, trained
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A nanoGPT-style ckpt.pt and a bare optimizer file after 13 AdamW steps."""
+    folder = tmp_path_factory.mktemp("torch_in")
+    model, opt = trained(13)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iter_num": 13},
+               folder / "ckpt.pt")  # fmt: skip
+    torch.save(opt.state_dict(), folder / "optim.pt")
+    return folder
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _resume(sd: dict) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = proxy.build_model(CFG)
+    opt = proxy.build_optimizer(model, CFG)
+    model.load_state_dict(sd["model"])
+    opt.load_state_dict(sd["optimizer"])
+    return model, opt
+
+
+def test_nanogpt_layer_reset_and_eps(saved: Path, tmp_path: Path) -> None:
+    src = saved / "ckpt.pt"
+    before = _sha(src)
+    plan = repair(src, tmp_path / "out", reset_layers="block.0", eps=1e-10)
+    assert _sha(src) == before  # the input is never modified
+    out = tmp_path / "out" / "ckpt.pt"
+    assert plan.checkpoint == out and plan.format == "nanogpt" and plan.step == 13
+    names = [r.tensor for r in plan.resets]
+    assert (
+        names and all(".h.0." in n for n in names) and {r.layer for r in plan.resets} == {"block.0"}
+    )
+    a = torch.load(src, weights_only=True)
+    b = torch.load(out, weights_only=True)
+    both = ("exp_avg", "exp_avg_sq")
+    want = state_keys(a["optimizer"], names, prefix="optimizer/", states=both)
+    want |= {f"optimizer/param_groups/{g}/eps" for g in range(2)}
+    assert differences(a, b) == want  # everything else bit-identical, model weights included
+    for key in want - {f"optimizer/param_groups/{g}/eps" for g in range(2)}:
+        pid, state = key.split("/")[2], key.split("/")[3]
+        assert not b["optimizer"]["state"][int(pid)][state].any()
+    assert [g["eps"] for g in b["optimizer"]["param_groups"]] == [1e-10, 1e-10]
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None  # every CRC-32 right
+    model, opt = _resume(b)
+    loss = step(model, opt, torch.Generator().manual_seed(7))
+    assert math.isfinite(loss) and opt.param_groups[0]["eps"] == 1e-10
+    manifest = json.loads((tmp_path / "out" / "repair.json").read_text())
+    assert manifest["adamscope_version"] == adamscope.__version__
+    assert manifest["files_changed"] == ["ckpt.pt"] and len(manifest["resets"]) == len(names)
+    assert manifest["eps"][0] == {"where": "optimizer.param_groups[0]", "old": 1e-8, "new": 1e-10}
+
+
+def test_analyze_of_the_output_shows_the_reset(saved: Path, tmp_path: Path) -> None:
+    repair(saved / "ckpt.pt", tmp_path / "out", reset_layers="head", reset="exp_avg")
+    before = adamscope.analyze(saved / "ckpt.pt", gradients=False).layers
+    after = adamscope.analyze(tmp_path / "out" / "ckpt.pt", gradients=False).layers
+    m = dict(zip(after["layer"], after["m_norm"], strict=True))
+    m0 = dict(zip(before["layer"], before["m_norm"], strict=True))
+    assert m["head"] == 0.0 and m0["head"] > 0
+    assert all(m[k] == m0[k] for k in m if k != "head")
+    v = after.filter(pl.col("layer") == "head")["v_l1"].item()
+    assert v == before.filter(pl.col("layer") == "head")["v_l1"].item() > 0  # v kept
+
+
+def test_bare_optimizer_parameter_and_step_reset(saved: Path, tmp_path: Path) -> None:
+    src = saved / "optim.pt"
+    plan = repair(src, tmp_path / "out", reset_layers="lm_head.weight", reset_step=True)
+    assert [(r.tensor, r.states) for r in plan.resets] == [
+        ("lm_head.weight", ("exp_avg", "exp_avg_sq", "step"))
+    ]
+    a = torch.load(src, weights_only=True)
+    b = torch.load(tmp_path / "out" / "optim.pt", weights_only=True)
+    want = state_keys(a, ["lm_head.weight"], prefix="", states=("exp_avg", "exp_avg_sq", "step"))
+    assert differences(a, b) == want
+    model, _ = trained(0)
+    opt = proxy.build_optimizer(model, CFG)
+    opt.load_state_dict(b)
+    step(model, opt, torch.Generator().manual_seed(3))
+    steps = {n: float(opt.state[p]["step"]) for n, p in model.named_parameters()}
+    assert steps["lm_head.weight"] == 1.0 and steps["transformer.wte.weight"] == 14.0
+
+
+def test_dry_run_writes_nothing(saved: Path, tmp_path: Path) -> None:
+    plan = repair(saved / "optim.pt", tmp_path / "out", reset_layers="embedding", dry_run=True)
+    assert plan.dry_run and {r.layer for r in plan.resets} == {"embedding"}
+    assert plan.files_changed == ("optim.pt",) and plan.bytes_zeroed > 0
+    assert any(line.startswith("  would reset embedding") for line in plan.lines())
+    assert listing(tmp_path) == []
+
+
+def test_a_failure_while_writing_leaves_nothing(
+    saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adamscope.repair import output
+
+    def boom(*args: object, **kw: object) -> int:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(output, "apply", boom)
+    with pytest.raises(adamscope.AdamscopeError, match="disk full"):
+        repair(saved / "optim.pt", tmp_path / "out", reset_layers="head")
+    assert listing(tmp_path) == []
+
+
+def test_out_must_be_new_and_outside_the_input(saved: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(adamscope.AdamscopeError, match="already exists"):
+        repair(saved / "optim.pt", tmp_path / "taken", reset_layers="head")
+    with pytest.raises(adamscope.AdamscopeError, match="inside the input"):
+        repair(saved, saved / "fixed", reset_layers="head")
+    with pytest.raises(adamscope.AdamscopeError, match="nothing to repair"):
+        repair(saved / "optim.pt", tmp_path / "out")
+    with pytest.raises(adamscope.AdamscopeError, match="is no verdict"):
+        repair(saved / "optim.pt", tmp_path / "out", reset_layers="block.9")
+    with pytest.raises(adamscope.AdamscopeError, match="eps 0.0: needs"):
+        repair(saved / "optim.pt", tmp_path / "out", eps=0.0)
+    assert listing(tmp_path) == ["taken"]
+
+
+def test_same_bits_tells_nan_payloads_apart() -> None:  # the helper the checks above rely on
+    a = torch.tensor([float("nan"), 0.0])
+    assert same_bits(a, a.clone()) and not same_bits(a, torch.tensor([float("nan"), -0.0]))
