@@ -1,7 +1,7 @@
 """Spike corpus (issue 15): proxy GPT runs monitored live, every step before each loss spike, and
-one remedy replayed from the state before it. Scored by experiments/spike_scores.py.
+three remedies replayed from the state before it. Scored by experiments/spike_scores.py.
 
-    python -m experiments.spike_corpus /tmp/spike-corpus --grid cpu                 # ~50 min, 1 core
+    python -m experiments.spike_corpus /tmp/spike-corpus --grid cpu                 # ~35 min, 1 core
     python -m experiments.spike_corpus /tmp/spike-corpus --grid gpu --device cuda --jobs 16
 
 Per run, OUT/<run>/:
@@ -14,14 +14,15 @@ Per run, OUT/<run>/:
              (`mon.observe(force=True)`). The replayed losses are compared with pass 1's, exactly.
 - run.json   the configuration, spikes, the replay check and the remedy outcomes.
 
-Remedies (pass 3, per spike, from the same snapshot, the same batches): after step s - 1 (the
-state the spiking batch meets), `reset_flagged` zeroes exp_avg and exp_avg_sq and sets step to 0
-for the parameters of the layers whose stage_snapshot at s - 1 is primed or unstable (r bimodal
-beyond the null; the paper's "reset the layer's state when the ratio turns bimodal"),
-`reset_all` does it for every parameter, `eps_low` divides every group's eps by 100. A spike
-"goes away" when adamscope.logs.spikes.find, on pass 1's losses up to s - 1 followed by the
-remedied ones, finds no spike starting in [s, s + post_remedy]. adamscope.repair had not landed
-when this was written: the reset is done here on the live optimizer state.
+Remedies (pass 3, per spike, from the same snapshot, the same batches): after step s - 2 (the
+loss of step s is taken at the weights step s - 1's update makes, so this is the last state a
+remedy can act on), `reset_flagged` zeroes exp_avg and exp_avg_sq and sets step to 0 for the
+parameters of the layers whose stage_snapshot at s - 2 is primed or unstable (r bimodal beyond
+the null; the paper's "reset the layer's state when the ratio turns bimodal"), `reset_all` does
+it for every parameter, `eps_low` divides every group's eps by 100. A spike "goes away" when
+adamscope.logs.spikes.find, on pass 1's losses up to s - 2 followed by the remedied ones, finds
+no spike starting in [s - 1, s + post_remedy]. adamscope.repair had not landed when this was
+written: the reset is done here on the live optimizer state.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import copy
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -60,16 +62,16 @@ def grid(name: str) -> list[dict[str, Any]]:
     """Runs of a named grid: {"run": name, "setting": label, "control": bool, **ProxyConfig knobs}."""
     b128 = {"batch_size": 128, "block_size": 64, "n_layer": 4, "n_embd": 64}
     settings: list[tuple[str, dict[str, Any], list[int], bool]]
-    if name == "cpu":  # ~4,000 B128 steps: what one shared CPU core gives in ~50 min
+    if name == "cpu":  # ~5,000 steps: what one shared CPU core gives in ~35 min
         warm = {**b128, "lr": 0.03, "beta2": 0.95, "eps": 1e-3, "warmup": 100, "steps": 150}
         spiky = {**b128, "lr": 0.1, "beta2": 0.999, "eps": 1e-3, "warmup": 100, "steps": 250}
         nowarm = {**spiky, "warmup": 0, "steps": 200}
         d32 = {**spiky, "n_embd": 32, "steps": 300}
         settings = [
-            ("warm", warm, [0, 1, 2, 3], False),
-            ("spiky", spiky, [0, 1, 2], False),
-            ("nowarm", nowarm, [0, 1], False),
-            ("d32", d32, [0, 1, 2], False),
+            ("warm", warm, [0, 1, 2, 3, 4, 5], False),
+            ("spiky", spiky, [0, 1, 2, 3, 4], False),
+            ("nowarm", nowarm, [0, 1, 2], False),
+            ("d32", d32, [0, 1, 2, 3], False),
             ("spiky-control", {**spiky, "lr": 0.01}, [0, 1], True),
             ("d32-control", {**d32, "lr": 0.01}, [0], True),
         ]
@@ -208,6 +210,9 @@ def one(out: str, spec: dict[str, Any], opts: CorpusOptions) -> dict[str, Any]:
     knobs = {k: v for k, v in spec.items() if k not in ("run", "setting", "control", "probe")}
     cfg = replace(ProxyConfig(), **knobs, device=opts.device, threads=1)
     torch.set_num_threads(1)
+    if cfg.device.startswith("cuda"):  # the replay must reproduce pass 1 bit for bit
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     root = Path(out) / spec["run"]
     root.mkdir(parents=True, exist_ok=True)
     data = torch.frombuffer(bytearray(stdlib_bytes(cfg.data_bytes)), dtype=torch.uint8).long()
@@ -265,13 +270,14 @@ def one(out: str, spec: dict[str, Any], opts: CorpusOptions) -> dict[str, Any]:
     # pass 3: remedies applied after step s - 1, the same batches replayed
     remedies = []
     for s in starts:
-        if s < 2:
+        at = s - 2  # the loss of step s is taken at the weights after step s - 1's update
+        if at < 1:
             continue
-        flagged = flagged_layers(root / f"win-{s}", s - 1)
-        row: dict[str, Any] = {"spike": s, "flagged": flagged}
+        flagged = flagged_layers(root / f"win-{s}", at)
+        row: dict[str, Any] = {"spike": s, "at": at, "flagged": flagged}
         for rem in REMEDIES:
-            tr.restore(snaps[max(k for k in snaps if k <= s - 1)])
-            while tr.step < s - 1:
+            tr.restore(snaps[max(k for k in snaps if k <= at)])
+            while tr.step < at:
                 tr.train_step()
             if rem == "reset_flagged" and not flagged:
                 row[rem] = {"applied": False}
@@ -279,8 +285,9 @@ def one(out: str, spec: dict[str, Any], opts: CorpusOptions) -> dict[str, Any]:
             apply_remedy(tr, rem, flagged)
             new = {}
             while tr.step < min(s + opts.post_remedy, max(losses)):
-                new[tr.step + 1] = tr.train_step()
-            row[rem] = {"applied": True, **spike_after(losses, new, s)}
+                loss = tr.train_step()
+                new[tr.step] = loss
+            row[rem] = {"applied": True, **spike_after(losses, new, at + 1)}
         remedies.append(row)
 
     summary = {
@@ -343,14 +350,15 @@ def main() -> None:
         keep = set(args.only.split(","))
         runs = [r for r in runs if r["run"] in keep]
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = multiprocessing.get_context("spawn")  # CUDA needs spawned workers
-    with (
-        ProcessPoolExecutor(args.jobs, mp_context=ctx) as ex,
-        open(args.out / "corpus.jsonl", "a") as f,
-    ):
-        futs = [ex.submit(one, str(args.out), r, opts) for r in runs]
-        for fut in futs:
-            r = fut.result()
+    with open(args.out / "corpus.jsonl", "a") as f:
+        if args.jobs == 1:
+            results = (one(str(args.out), r, opts) for r in runs)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # CUDA needs spawned workers
+            ex = ProcessPoolExecutor(args.jobs, mp_context=ctx)
+            futs = [ex.submit(one, str(args.out), r, opts) for r in runs]
+            results = (fut.result() for fut in futs)
+        for r in results:
             f.write(json.dumps({k: r[k] for k in ("run", "spikes", "windows", "seconds")}) + "\n")
             f.flush()
             print(

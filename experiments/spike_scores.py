@@ -25,7 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from adamscope.forensics.signals import SIGNALS, RunSeries, ScoreOptions, score, series  # noqa: E402
+from adamscope.forensics.signals import (  # noqa: E402
+    SIGNALS,
+    RunSeries,
+    ScoreOptions,
+    leads,
+    on,
+    score,
+    series,
+)
 
 
 def run_layers(root: Path) -> pl.DataFrame:
@@ -59,13 +67,14 @@ def spans(info: dict[str, Any]) -> tuple[tuple[int, int], ...]:
     return tuple((s["start"], s["end"] if s["end"] is not None else last) for s in info["spikes"])
 
 
-def score_all(runs: list[dict[str, Any]], opt: ScoreOptions) -> list[dict[str, Any]]:
-    rows = []
+def run_series(runs: list[dict[str, Any]], opt: ScoreOptions) -> dict[str, list[RunSeries]]:
+    """signal name -> one RunSeries per run."""
+    out: dict[str, list[RunSeries]] = {}
     for sig in SIGNALS:
-        rs = []
+        out[sig.name] = []
         for info in runs:
             sr = series(info["layers"], sig, options=opt)
-            rs.append(
+            out[sig.name].append(
                 RunSeries(
                     run=info["run"],
                     steps=sr["step"].to_numpy(),
@@ -75,9 +84,34 @@ def score_all(runs: list[dict[str, Any]], opt: ScoreOptions) -> list[dict[str, A
                     control=bool(info["control"]),
                 )
             )
-        for r in score(rs, sig.thresholds, direction=sig.direction, options=opt):
+    return out
+
+
+def score_all(by_signal: dict[str, list[RunSeries]], opt: ScoreOptions) -> list[dict[str, Any]]:
+    rows = []
+    for sig in SIGNALS:
+        for r in score(by_signal[sig.name], sig.thresholds, direction=sig.direction, options=opt):
             rows.append({"signal": sig.name, "direction": sig.direction, **r})
     return rows
+
+
+def per_spike_md(by_signal: dict[str, list[RunSeries]], opt: ScoreOptions) -> str:
+    """Lead time of each signal (at its middle threshold) before each spike; '–' a miss, '≥lead'
+    on from the window's first step."""
+    first = next(iter(by_signal.values()))
+    heads = [f"{r.run} @{s}" for r in first for s, _ in r.spikes]
+    if not heads:
+        return "(no spikes)\n"
+    out = ["| signal (threshold) | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for sig in SIGNALS:
+        thr = sig.thresholds[(len(sig.thresholds) - 1) // 2]
+        cells = []
+        for r in by_signal[sig.name]:
+            got = leads(r, on(r.values, thr, sig.direction), opt)
+            cells += ["–" if x is None else f"≥{x}" if x == opt.lead else str(x) for x in got]
+        op = ">" if sig.direction == "above" else "<"
+        out.append(f"| {sig.name} ({op} {thr:g}) | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def _f(x: float, nd: int = 1) -> str:
@@ -136,8 +170,8 @@ def corpus_md(runs: list[dict[str, Any]]) -> str:
 
 def remedy_md(runs: list[dict[str, Any]]) -> str:
     out = [
-        "| run | spike | original peak loss | flagged layers at s - 1 | reset_flagged | reset_all | "
-        "eps_low |",
+        "| run | spike s | original peak loss | flagged layers at s - 2 (the remedy acts after "
+        "that step) | reset_flagged | reset_all | eps_low |",
         "|---|---|---|---|---|---|---|",
     ]
     for i in runs:
@@ -202,7 +236,8 @@ def main() -> None:
     runs = load_corpus(args.out)
     every = runs[0]["options"]["every"]
     opt = ScoreOptions(lead=runs[0]["options"]["lead"], every=every)
-    rows = score_all(runs, opt)
+    by_signal = run_series(runs, opt)
+    rows = score_all(by_signal, opt)
     n_spikes = sum(len(i["spikes"]) for i in runs)
     steps = sum(i["steps_run"] for i in runs)
     cpu = sum(i["seconds"] for i in runs) / 60
@@ -210,6 +245,8 @@ def main() -> None:
         f"## Corpus: {len(runs)} runs, {steps} steps, {n_spikes} spikes, "
         f"{sum(bool(i['control']) for i in runs)} controls, {cpu:.1f} CPU minutes\n\n"
         + corpus_md(runs)
+        + "\n## Lead time per spike (steps)\n\n"
+        + per_spike_md(by_signal, opt)
         + "\n## Scores\n\n"
         + scores_md(rows, opt)
         + "\n## Remedies\n\n"

@@ -157,3 +157,12 @@ def test_series_stage_match_and_skip_layers():
 def test_options_checked():
     with pytest.raises(AdamscopeError, match="lead"):
         ScoreOptions(lead=0)
+
+
+def test_every_default_signal_reads_a_layers_column():
+    from adamscope.forensics.signals import SIGNALS
+    from adamscope.tables.schema import LAYERS
+
+    columns = {c.name for c in LAYERS}
+    assert {s.column for s in SIGNALS} <= columns
+    assert len({s.name for s in SIGNALS}) == len(SIGNALS)

@@ -272,8 +272,15 @@ SIGNALS: tuple[Signal, ...] = (
         reduce="min",
     ),
     Signal(name="v_l1_rise", column="v_l1", thresholds=(1.1, 1.25, 1.5, 2.0), transform="ratio"),
-    Signal(name="g2_vhat_mean", column="g2_vhat_mean", thresholds=(1.5, 2.0, 3.0, 5.0, 10.0)),
-    Signal(name="g2_vhat_gt1", column="g2_vhat_gt1", thresholds=(0.2, 0.3, 0.4, 0.5)),
+    Signal(name="g2_vhat_mean", column="g2_vhat_mean", thresholds=(0.5, 1.0, 2.0, 5.0)),
+    Signal(  # Bai et al.'s phase before the spike: v_hat lags, g^2 << v_hat in every layer
+        name="g2_vhat_low",
+        column="g2_vhat_mean",
+        thresholds=(0.5, 0.3, 0.2, 0.1),
+        direction="below",
+        reduce="max",
+    ),
+    Signal(name="g2_vhat_gt1", column="g2_vhat_gt1", thresholds=(0.15, 0.2, 0.3, 0.5)),
     Signal(name="update_rms", column="update_rms", thresholds=(0.01, 0.02, 0.03, 0.05)),
     Signal(
         name="update_rms_ratio",
