@@ -7,6 +7,7 @@
     t = adamscope.load("out/")               # read back
     adamscope.inspect("run/")                # format, step, groups, tensors; no tensor data read
     adamscope.figures.write_figures("figs/", t); adamscope.report.write_report(t, "report.html")
+    adamscope.repair.repair("run/step_360/ckpt.pt", "fixed/", reset_layers="primed")  # docs/repair.md
 
 Names are imported on first use, so `import adamscope` (and `adamscope --help`) stays fast.
 """
@@ -41,6 +42,7 @@ _SUBMODULES = (
     "logs",
     "sim",
     "monitor",
+    "repair",
 )
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
         logs,
         monitor,
         readers,
+        repair,
         report,
         sim,
         stats,
@@ -73,6 +76,8 @@ def _module(name: str) -> Any:
 
     if name == "monitor":
         import adamscope.monitor  # noqa: F401
+    elif name == "repair":
+        import adamscope.repair  # noqa: F401
     elif name in ("figures", "write_report", "report"):
         import adamscope.figures
         import adamscope.report.render  # noqa: F401

@@ -96,3 +96,13 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("adamscope: error:") and "truncated" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("src", ["mlx/adam_fp32.safetensors", "deepspeed/universal_zero2"])
+def test_other_formats_are_refused_in_one_line(src: str, tmp_path: Path) -> None:
+    with pytest.raises(adamscope.AdamscopeError) as err:
+        repair(FIXTURES / src, tmp_path / "out", reset_layers="head")
+    message = str(err.value)
+    assert "repair writes torch-optim, nanogpt, lightning, hf-trainer, dcp, deepspeed" in message
+    assert "\n" not in message and src.split("/")[-1] in message
+    assert listing(tmp_path) == []
