@@ -20,11 +20,13 @@ from adamscope.errors import AdamscopeError, UnsupportedFormatError
 from adamscope.repair.plan import (
     MOMENTS,
     EpsChange,
+    EpsSlot,
     Layout,
     RepairOptions,
     RepairPlan,
     TensorReset,
 )
+from adamscope.repair.zippatch import Edit, Window
 
 __all__ = ["RepairOptions", "RepairPlan", "TensorReset", "EpsChange", "repair"]
 
@@ -111,7 +113,11 @@ def _layout(path: Path, opts: RepairOptions) -> Layout:
     from adamscope.readers import open_checkpoint
     from adamscope.repair import dcp, deepspeed, hf_trainer, torch_file
 
-    reader = open_checkpoint(path, opts.analysis.reader)
+    try:
+        reader = open_checkpoint(path, opts.analysis.reader)
+    except UnsupportedFormatError:
+        _refuse_run_folder(path)
+        raise
     families = {
         "torch-optim": torch_file,
         "nanogpt": torch_file,
@@ -128,45 +134,35 @@ def _layout(path: Path, opts: RepairOptions) -> Layout:
     return family.layout(reader)
 
 
+def _refuse_run_folder(path: Path) -> None:
+    """Raises AdamscopeError when `path` is a run folder of several checkpoints."""
+    from adamscope.pipeline.discovery import discover
+
+    if not path.is_dir():
+        return
+    try:
+        found = discover(path)
+    except AdamscopeError:
+        return
+    if len(found) > 1:
+        raise UnsupportedFormatError(
+            f"{path}: a run folder of {len(found)} checkpoints; repair takes one of them "
+            f"(e.g. {found[-1].path})"
+        )
+
+
 def _plan(path: Path, out: Path, opts: RepairOptions) -> tuple[RepairPlan, list, Layout]:
     from adamscope.repair.select import choose
     from adamscope.repair.torch_file import check_unshared
-    from adamscope.repair.zippatch import float_edit, locate_floats
 
     layout = _layout(path, opts)
     chosen, verdicts, notes = choose(layout, path, opts) if opts.reset_layers else ({}, "", [])
     if not chosen and opts.eps is None:
         raise AdamscopeError(f"{path}: nothing to repair: {'; '.join(notes) or 'no tensor chosen'}")
-    edits, resets = [], []
-    for name, (layer, why) in chosen.items():
-        slots = layout.tensors[name]
-        states = [k for k in MOMENTS[opts.reset] if k in slots.moments]
-        for k in states:
-            edits += slots.moments[k]
-        if opts.reset_step:
-            if slots.step is None:
-                raise UnsupportedFormatError(
-                    f"{path}: cannot reset the step of '{name}': {slots.step_note}"
-                )
-            edits += slots.step
-            states.append("step")
-        resets.append(
-            TensorReset(tensor=name, layer=layer, why=why, states=tuple(states), numel=slots.numel)
-        )
+    edits, resets = _resets(path, layout, chosen, opts)
     check_unshared(layout.trees, edits, source=str(path))
-    changes = []
-    if opts.eps is not None:
-        if not layout.eps:
-            raise UnsupportedFormatError(f"{path}: no param group stores eps")
-        windows: dict[Any, list] = {}
-        for slot in layout.eps:
-            windows.setdefault(slot.window, []).append(slot)
-        for window, slots in windows.items():
-            found = locate_floats(window, [s.path for s in slots])
-            for s in slots:
-                offset, old = found[s.path]
-                edits.append(float_edit(window, offset, opts.eps))
-                changes.append(EpsChange(where=s.label, old=old, new=opts.eps))
+    eps_edits, changes = _eps(path, layout, opts.eps) if opts.eps is not None else ([], [])
+    edits += eps_edits
     changed = {e.window.file for e in edits}
     rel = [_rel(f, layout.root) for f in layout.files]
     plan = RepairPlan(
@@ -192,6 +188,49 @@ def _plan(path: Path, out: Path, opts: RepairOptions) -> tuple[RepairPlan, list,
         dry_run=opts.dry_run,
     )
     return plan, edits, layout
+
+
+def _resets(
+    path: Path, layout: Layout, chosen: dict[str, tuple[str, str]], opts: RepairOptions
+) -> tuple[list[Edit], list[TensorReset]]:
+    """The zeroing edits of the chosen tensors' states, and what each reset is."""
+    edits: list[Edit] = []
+    resets = []
+    for name, (layer, why) in chosen.items():
+        slots = layout.tensors[name]
+        states = [k for k in MOMENTS[opts.reset] if k in slots.moments]
+        for k in states:
+            edits += slots.moments[k]
+        if opts.reset_step:
+            if slots.step is None:
+                raise UnsupportedFormatError(
+                    f"{path}: cannot reset the step of '{name}': {slots.step_note}"
+                )
+            edits += slots.step
+            states.append("step")
+        resets.append(
+            TensorReset(tensor=name, layer=layer, why=why, states=tuple(states), numel=slots.numel)
+        )
+    return edits, resets
+
+
+def _eps(path: Path, layout: Layout, eps: float) -> tuple[list[Edit], list[EpsChange]]:
+    """The edits that set every stored eps to `eps` (each pickle unpickled once to find them)."""
+    from adamscope.repair.zippatch import float_edit, locate_floats
+
+    if not layout.eps:
+        raise UnsupportedFormatError(f"{path}: no param group stores eps")
+    windows: dict[Window, list[EpsSlot]] = {}
+    for slot in layout.eps:
+        windows.setdefault(slot.window, []).append(slot)
+    edits, changes = [], []
+    for window, slots in windows.items():
+        found = locate_floats(window, [s.path for s in slots])
+        for s in slots:
+            offset, old = found[s.path]
+            edits.append(float_edit(window, offset, eps))
+            changes.append(EpsChange(where=s.label, old=old, new=eps))
+    return edits, changes
 
 
 def _rel(f: Path, root: Path) -> str:

@@ -106,3 +106,9 @@ def test_other_formats_are_refused_in_one_line(src: str, tmp_path: Path) -> None
     assert "repair writes torch-optim, nanogpt, lightning, hf-trainer, dcp, deepspeed" in message
     assert "\n" not in message and src.split("/")[-1] in message
     assert listing(tmp_path) == []
+
+
+def test_a_run_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(adamscope.AdamscopeError, match="a run folder of 3 checkpoints"):
+        repair(FIXTURES / "lightning", tmp_path / "out", reset_layers="head")
+    assert listing(tmp_path) == []
