@@ -35,7 +35,8 @@ from adamscope.errors import (
 from adamscope.readers import guard
 from adamscope.readers.base import child_path
 from adamscope.readers.optim_state import hyper_params
-from adamscope.readers.torchzip import _check_memo
+from adamscope.readers.torchzip import member_data_start, read_member
+from adamscope.readers.unpickler import check_pickle
 from adamscope.vocab import CheckpointInfo, TensorState
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
     source = folder / ".metadata"
     data = guard.bounded_read(source, limit=guard.PICKLE_BYTES, what="DCP .metadata")
     try:
-        _check_memo(data, source)  # a forged memo index would make the C unpickler allocate GBs
+        check_pickle(data, source=source)  # memo indices, shared-reference expansion, depth
         md = _MetadataUnpickler(io.BytesIO(data), source=source).load()
     except AdamscopeError:
         raise
@@ -224,6 +225,8 @@ class _BlobTensor:
             with zipfile.ZipFile(view) as zf:
                 pkl = min((n for n in zf.namelist() if n.endswith("data.pkl")), key=len)
                 prefix = pkl[: -len("data.pkl")]
+                data = read_member(zf, pkl, limit=guard.PICKLE_BYTES, source=chunk.file)
+                check_pickle(data, source=f"{chunk.file}: chunk data.pkl")
                 found: list[tuple] = []
 
                 def make_tensor(storage, offset, shape, stride, dtype):  # noqa: ANN001, ANN202
@@ -231,7 +234,7 @@ class _BlobTensor:
                     return found[-1]
 
                 RestrictedUnpickler(
-                    io.BytesIO(zf.read(pkl)), source=str(chunk.file), make_tensor=make_tensor
+                    io.BytesIO(data), source=str(chunk.file), make_tensor=make_tensor
                 ).load()
                 if len(found) != 1:
                     raise CorruptCheckpointError(
@@ -241,10 +244,9 @@ class _BlobTensor:
                 info = zf.getinfo(f"{prefix}data/{storage.key}")
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise UnsupportedFormatError(f"{chunk.file}: compressed chunk storage")
-                header = os.pread(f.fileno(), 30, chunk.byte_offset + info.header_offset)
-                name_len = int.from_bytes(header[26:28], "little")
-                extra_len = int.from_bytes(header[28:30], "little")
-                self.data_start = chunk.byte_offset + info.header_offset + 30 + name_len + extra_len
+                self.data_start = member_data_start(
+                    f.fileno(), info, base=chunk.byte_offset, source=chunk.file
+                )
                 self.data_end = self.data_start + info.file_size
         expected = [math.prod(self.shape[i + 1 :]) for i in range(len(self.shape))]
         if any(s != e for s, e, n in zip(stride, expected, self.shape, strict=True) if n > 1):
@@ -347,6 +349,15 @@ def load_small(chunk: _Chunk) -> Any:
         blob = os.pread(f.fileno(), chunk.length, chunk.byte_offset)
     if len(blob) != chunk.length:
         raise CorruptCheckpointError(f"{chunk.file}: truncated at byte {chunk.byte_offset}")
+    if blob[:2] == b"PK":  # torch.save blob: its pickle scanned first (torch.load would hash a DAG)
+        try:
+            with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+                pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
+                for n in pkl:
+                    data = read_member(zf, n, limit=_SMALL_BYTES, source=chunk.file)
+                    check_pickle(data, source=f"{chunk.file}: entry data.pkl")
+        except zipfile.BadZipFile as e:
+            raise CorruptCheckpointError(f"{chunk.file}: entry is not a zip ({e})") from None
     try:
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -26,7 +26,7 @@ JSON_BYTES = 512 * MiB
 LOG_BYTES = 4 * GiB
 LINE_BYTES = 16 * MiB
 # A pickle read into memory: a torch zip file's data.pkl (inflated) or a DCP `.metadata`.
-PICKLE_BYTES = 1 * GiB
+PICKLE_BYTES = 256 * MiB
 # The safetensors format's own header limit (the safetensors library refuses larger headers).
 SAFETENSORS_HEADER_BYTES = 100_000_000
 

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import pickle
-import pickletools
 import struct
 import threading
 import warnings
@@ -30,7 +29,8 @@ from adamscope.errors import (
     CorruptCheckpointError,
     UnsupportedFormatError,
 )
-from adamscope.readers.unpickler import RestrictedUnpickler, StorageRef
+from adamscope.readers import guard
+from adamscope.readers.unpickler import RestrictedUnpickler, StorageRef, check_pickle
 
 if TYPE_CHECKING:
     import torch
@@ -82,13 +82,7 @@ class _Archive:
                 f"{self.path}: storage entry '{name}' is compressed; torch writes them stored — "
                 "was the file re-zipped?"
             )
-        header = os.pread(self.fd(), _LOCAL_HEADER.size, info.header_offset)
-        if len(header) < _LOCAL_HEADER.size:
-            raise CorruptCheckpointError(f"{self.path}: truncated (zip header of '{name}')")
-        fields = _LOCAL_HEADER.unpack(header)
-        if fields[0] != _LOCAL_MAGIC:
-            raise CorruptCheckpointError(f"{self.path}: bad zip local header for '{name}'")
-        start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+        start = member_data_start(self.fd(), info, base=0, source=self.path)
         if start + info.file_size > self.size:
             raise CorruptCheckpointError(f"{self.path}: truncated (storage '{key}' ends past EOF)")
         span = (start, info.file_size)
@@ -108,6 +102,59 @@ class _Archive:
             if n <= 0:
                 raise CorruptCheckpointError(f"{self.path}: truncated (short read at {offset})")
             done += n
+
+
+def member_data_start(fd: int, info: zipfile.ZipInfo, *, base: int, source: object) -> int:
+    """Byte offset (in the file) of a stored zip member's data, from its local header at
+    `base + info.header_offset`, after checking that header: its magic and its file name must be
+    the central directory's (else an entry could point at another member's bytes, which Python's
+    zipfile refuses too).
+
+    Raises:
+        CorruptCheckpointError: naming `source` and the member.
+    """
+    at = base + info.header_offset
+    header = os.pread(fd, _LOCAL_HEADER.size, at)
+    if len(header) < _LOCAL_HEADER.size:
+        raise CorruptCheckpointError(f"{source}: truncated (zip header of '{info.filename}')")
+    fields = _LOCAL_HEADER.unpack(header)
+    if fields[0] != _LOCAL_MAGIC:
+        raise CorruptCheckpointError(f"{source}: bad zip local header for '{info.filename}'")
+    name_len, extra_len = fields[9], fields[10]
+    expected = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+    if os.pread(fd, name_len, at + _LOCAL_HEADER.size) != expected:
+        raise CorruptCheckpointError(
+            f"{source}: zip member '{info.filename}': its local header names another file (the "
+            "central directory points at another member's bytes)"
+        )
+    return at + _LOCAL_HEADER.size + name_len + extra_len
+
+
+def read_member(zf: zipfile.ZipFile, name: str, *, limit: int, source: object) -> bytes:
+    """The bytes of zip member `name`, inflating at most `limit` bytes (a deflate or bzip2 bomb
+    of a few KB would inflate to GBs): stored or deflated members only, as torch writes them
+    (stored) or a re-zipping tool might (deflate).
+
+    Raises:
+        UnsupportedFormatError: another compression method. CorruptCheckpointError: too large.
+    """
+    info = zf.getinfo(name)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise UnsupportedFormatError(
+            f"{source}: zip member '{name}' is compressed with method {info.compress_type}; "
+            "torch writes its members stored"
+        )
+    too_big = CorruptCheckpointError(
+        f"{source}: zip member '{name}' inflates to more than {limit} bytes (the limits are in "
+        "docs/security.md)"
+    )
+    if info.file_size > limit:
+        raise too_big
+    with zf.open(info) as f:  # zipfile checks the local header's name against the directory
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise too_big
+    return data
 
 
 class LazyTensor:
@@ -326,10 +373,11 @@ def _open_archive(path: Path) -> tuple[_Archive, bytes]:
                     f"{path}: a zip file without data.pkl (not torch.save)"
                 )
             name = min(pkl, key=len)
-            data = zf.read(name)
+            data = read_member(zf, name, limit=guard.PICKLE_BYTES, source=path)
             entries = {i.filename: i for i in infos}
             prefix = name[: -len("data.pkl")]
-            if prefix + "byteorder" in entries and zf.read(prefix + "byteorder") != b"little":
+            order = prefix + "byteorder"
+            if order in entries and read_member(zf, order, limit=16, source=path) != b"little":
                 raise UnsupportedFormatError(f"{path}: big-endian torch files are not supported")
     except AdamscopeError:
         raise
@@ -420,19 +468,8 @@ def _unpickle(path: Path, *, stub_unknown: bool) -> Any:
 
 
 def _check_memo(data: bytes, path: Path) -> None:
-    """Refuses memo indices larger than the pickle itself before unpickling.
-
-    The C unpickler sizes its memo table to the largest PUT index it meets, so one byte changed in
-    a 10 KB pickle (LONG_BINPUT 0x0a000304) would allocate gigabytes. A real pickle memoizes at
-    most one object per opcode. The scan parses opcodes only (pure Python, ~0.3 s per MB of
-    data.pkl; a checkpoint of 2,000 tensors has ~200 KB).
-    """
-    limit = len(data)
-    for op, arg, pos in pickletools.genops(data):
-        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= limit:
-            raise CorruptCheckpointError(
-                f"{path}: data.pkl memo index {arg} at byte {pos} exceeds the pickle's size"
-            )
+    """unpickler.check_pickle: memo indices, expansion through shared references, depth."""
+    check_pickle(data, source=f"{path}: data.pkl")
 
 
 def _check_whole(path: Path) -> None:

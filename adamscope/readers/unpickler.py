@@ -382,3 +382,112 @@ def _dtype_name(dtype: Any) -> str:
     if name not in DTYPE_NAMES:
         raise pickle.UnpicklingError(f"unexpected dtype {dtype!r:.40}")
     return name
+
+
+# -- the scan before any unpickling ------------------------------------------------------------
+# Limits on what a pickle may expand into (docs/security.md): the objects it builds when every
+# shared reference (memo GET) is followed, and how deeply they nest. A real checkpoint's data.pkl
+# builds a few objects per opcode and nests ~10 deep; a "billion laughs" DAG (a list of two
+# references to a list of two references to ...) builds 2^depth from a few hundred bytes, and
+# hashing, repr or walking it never ends; a tower of nested slices crashes the interpreter.
+EXPANSION_PER_BYTE = 16
+EXPANSION_SLACK = 1_000_000
+MAX_DEPTH = 500
+_IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MARK: list[int] = [-1, -1]
+
+
+def check_pickle(data: bytes, *, source: object) -> None:
+    """Refuses a pickle before it is unpickled when it would build more objects than its size
+    allows, nest deeper than MAX_DEPTH, or index its memo past its own size (the C unpickler sizes
+    its memo table to the largest index: one changed byte would allocate gigabytes).
+
+    It runs the pickle's stack machine on (objects, depth) pairs instead of objects: pure Python
+    over the opcodes, ~0.5 s per MB of pickle (a checkpoint of 2,000 tensors has ~200 KB).
+
+    Raises:
+        CorruptCheckpointError: naming `source` and the limit.
+    """
+    import pickletools
+
+    from adamscope.errors import CorruptCheckpointError
+
+    limit = EXPANSION_PER_BYTE * len(data) + EXPANSION_SLACK
+    # [objects, depth] cells, shared between the stack and the memo: an in-place op (APPEND...)
+    # grows the container after it was memoized, and a later GET must see the grown one
+    stack: list[list[int]] = []
+    memo: dict[int, list[int]] = {}
+
+    def refuse(why: str, pos: int) -> None:
+        raise CorruptCheckpointError(f"{source}: {why} (at byte {pos}); refused before unpickling")
+
+    def pop_mark() -> list[list[int]]:
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is _MARK:
+                items = stack[i + 1 :]
+                del stack[i:]
+                return items
+        raise ValueError("MARK missing")
+
+    def step(op: Any, arg: Any, pos: int) -> None:
+        name = op.name
+        if name in _MEMO_PUT or name == "MEMOIZE":
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+            return
+        if name in _MEMO_GET:
+            if int(arg) not in memo:
+                refuse(f"memo index {arg} read before it is written", pos)
+            stack.append(memo[int(arg)])
+            return
+        if name == "MARK":
+            stack.append(_MARK)
+            return
+        if name in ("POP", "STOP"):
+            stack.pop()
+            return
+        if name == "POP_MARK":
+            pop_mark()
+            return
+        if name == "DUP":
+            stack.append(stack[-1])
+            return
+        if name in ("PROTO", "FRAME", "NEXT_BUFFER", "READONLY_BUFFER"):
+            return
+        popped: list[list[int]] = []
+        for item in reversed(op.stack_before):
+            if item is pickletools.stackslice:
+                popped += pop_mark()
+            elif item is not pickletools.markobject:
+                popped.append(stack.pop())
+        if not op.stack_after:
+            return
+        if name in _IN_PLACE:  # the container (popped last) goes back, grown
+            cell = popped.pop()
+            stack.append(cell)
+            for s, d in popped:
+                cell[0], cell[1] = cell[0] + s, max(cell[1], d + 1)
+        else:
+            if popped:
+                cell = [1 + sum(s for s, _ in popped), 1 + max(d for _, d in popped)]
+            else:  # a leaf: a long string counts by its length, so repeats of it add up
+                cell = [1 + (len(arg) >> 4 if isinstance(arg, str | bytes) else 0), 1]
+            stack.append(cell)
+        if cell[0] > limit:
+            refuse(f"expands to more than {limit} objects through shared references", pos)
+        if cell[1] > MAX_DEPTH:
+            refuse(f"nests deeper than {MAX_DEPTH} levels", pos)
+
+    simulating = True
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name in _MEMO_PUT and not 0 <= int(arg) <= len(data):
+                refuse(f"memo index {arg} exceeds the pickle's size", pos)
+            if simulating:
+                try:
+                    step(op, arg, pos)
+                except (IndexError, KeyError, ValueError):
+                    simulating = False  # an inconsistent stream: the unpickler will say so
+    except ValueError:  # not an opcode: the unpickler says what is wrong
+        return
