@@ -154,7 +154,7 @@ def layout(reader: Any) -> Layout:
     """The Layout of a TorchOptimReader, NanoGPTReader or LightningReader's file."""
     from adamscope.readers.lightning import LightningReader
     from adamscope.readers.naming import model_entries
-    from adamscope.readers.nanogpt import OPTIM_KEYS, NanoGPTReader
+    from adamscope.readers.nanogpt import OPTIM_KEYS, NanoGPTReader, _split
     from adamscope.readers.optim_state import names_from_model
 
     path, source = reader.path, str(reader.path)
@@ -163,9 +163,9 @@ def layout(reader: Any) -> Layout:
     optims: list[tuple[tuple, dict, list[str], str]] = []
     if isinstance(reader, NanoGPTReader):
         tree = reader.tree
-        key = next(k for k in OPTIM_KEYS if k in tree and isinstance(tree[k], dict))
-        model = next(tree[k] for k in ("model", "model_state_dict", "state_dict") if k in tree)
-        names = names_from_model(tree[key], model_entries(model, source=source), source=source)
+        model, optim = _split(tree)  # what the reader read: the same two entries
+        key = next(k for k in OPTIM_KEYS if tree.get(k) is optim)
+        names = names_from_model(optim, model_entries(model, source=source), source=source)
         optims.append(((key,), tree[key], names, f"{key}."))
     elif isinstance(reader, LightningReader):
         tree = reader.tree
