@@ -48,16 +48,22 @@ class Inspection:
 
 
 def inspect_path(path: Path, *, options: ReaderOptions) -> Inspection:
-    """Inspect `path` (a checkpoint or a run folder) with the readers' `describe` and metadata."""
+    """Inspect `path` (a checkpoint or a run folder) with the readers' `describe` and metadata.
+
+    The readers validate what they read; every call into them goes through the same `_guard` as
+    analyze's, so that inspect and analyze fail on a broken file with the same one line.
+    """
+    from adamscope.pipeline.run import _guard, _tensors
+
     found = discover(Path(path))
     f = found[-1]
-    reader = f.reader(f.path, options=options)
-    info = reader.describe()
+    reader = _guard(f.path, "cannot open", f.reader, f.path, options=options)
+    info = _guard(f.path, "cannot describe", reader.describe)
     groups: dict[tuple, int] = {}
     tensors: list[TensorEntry] = []
     n_params = 0
     step = info.step
-    for ts in reader.iter_tensors():
+    for ts in _tensors(reader, f.path):
         hp = ts.hp
         key = (hp.beta1, hp.beta2, hp.eps, hp.lr, hp.weight_decay, hp.amsgrad, hp.bias_correction)
         groups[key] = groups.get(key, 0) + 1

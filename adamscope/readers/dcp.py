@@ -164,10 +164,24 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
         ) from None
     if not isinstance(md, _Record) or not isinstance(md.get("state_dict_metadata"), dict):
         raise CorruptCheckpointError(f"{source}: not a DCP Metadata object")
+    try:  # every record's fields as torch writes them, or one line saying which is not
+        entries = _entries(md, folder, source)
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        detail = " ".join(str(e).split())[:120]
+        raise CorruptCheckpointError(
+            f"{source}: malformed DCP metadata ({type(e).__name__}: {detail})"
+        ) from None
+    _check_files(entries)
+    return entries
+
+
+def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
+    """The records of a DCP Metadata as flat key -> _Entry, every number checked."""
     storage: dict[tuple[str, tuple[int, ...] | None], Any] = {}
     for index, info in (md.get("storage_data") or {}).items():
         offset = index.get("offset")
-        storage[(index.get("fqn"), None if offset is None else tuple(offset))] = info
+        offsets = None if offset is None else _ints(offset, source=source, what="an offset")
+        storage[(index.get("fqn"), offsets)] = info
     planner = md.get("planner_data") or {}
     entries = {}
     for key, meta in md.get("state_dict_metadata").items():
@@ -175,7 +189,7 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
         chunks = []
         raw_chunks = meta.get("chunks") if meta.qualname.endswith("TensorStorageMetadata") else None
         for c in raw_chunks or [None]:
-            offsets = None if c is None else tuple(c.get("offsets"))
+            offsets = None if c is None else _ints(c.get("offsets"), source=source, what="offsets")
             info = storage.get((key, offsets))
             if info is None:
                 raise CorruptCheckpointError(f"{source}: no storage entry for '{key}' at {offsets}")
@@ -187,10 +201,14 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
             chunks.append(
                 _Chunk(
                     offsets=offsets or (),
-                    sizes=() if c is None else tuple(c.get("sizes")),
+                    sizes=() if c is None else _ints(c.get("sizes"), source=source, what="sizes"),
                     file=child_path(folder, str(info.get("relative_path")), source=source),
-                    byte_offset=int(info.get("offset")),
-                    length=int(info.get("length")),
+                    byte_offset=guard.finite_int(
+                        info.get("offset"), source=source, what=f"byte offset of '{key}'"
+                    ),
+                    length=guard.finite_int(
+                        info.get("length"), source=source, what=f"length of '{key}'"
+                    ),
                 )
             )
         dtype, size = None, None
@@ -198,15 +216,26 @@ def read_metadata(folder: Path) -> dict[str, _Entry]:
             props = meta.get("properties")
             # TensorProperties pickles as a tuple (dtype, layout, ...) in recent torch, else a dict
             dtype = props.state[0] if isinstance(props.state, tuple) else props.get("dtype")
-            size = tuple(meta.get("size"))
+            size = _ints(meta.get("size"), source=source, what=f"size of '{key}'")
         entries[key] = _Entry(key, path, dtype, size, tuple(chunks))
+    return entries
+
+
+def _ints(x: Any, *, source: Path, what: str) -> tuple[int, ...]:
+    """A list of non-negative integers read from the metadata (offsets, sizes)."""
+    if not isinstance(x, tuple | list):
+        raise CorruptCheckpointError(f"{source}: {what} is a {type(x).__name__}, not integers")
+    return tuple(guard.finite_int(v, source=source, what=what) for v in x)
+
+
+def _check_files(entries: dict[str, _Entry]) -> None:
+    """Every file a chunk names is a regular file and every byte range lies inside its file."""
     sizes: dict[Path, int] = {}
-    for entry in entries.values():  # every file regular, every byte range inside its file
+    for entry in entries.values():
         for c in entry.chunks:
             if c.file not in sizes:
                 sizes[c.file] = guard.regular_file(c.file, what=".distcp file")
             _check_span(c, sizes[c.file])
-    return entries
 
 
 class _BlobTensor:
