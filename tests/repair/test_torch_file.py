@@ -68,6 +68,7 @@ def test_nanogpt_layer_reset_and_eps(saved: Path, tmp_path: Path) -> None:
     assert [g["eps"] for g in b["optimizer"]["param_groups"]] == [1e-10, 1e-10]
     with zipfile.ZipFile(out) as zf:
         assert zf.testzip() is None  # every CRC-32 right
+    _only_the_edited_bytes_differ(src, out, n_tensors=2 * len(names), n_floats=2)
     model, opt = _resume(b)
     loss = step(model, opt, torch.Generator().manual_seed(7))
     assert math.isfinite(loss) and opt.param_groups[0]["eps"] == 1e-10
@@ -75,6 +76,37 @@ def test_nanogpt_layer_reset_and_eps(saved: Path, tmp_path: Path) -> None:
     assert manifest["adamscope_version"] == adamscope.__version__
     assert manifest["files_changed"] == ["ckpt.pt"] and len(manifest["resets"]) == len(names)
     assert manifest["eps"][0] == {"where": "optimizer.param_groups[0]", "old": 1e-8, "new": 1e-10}
+
+
+def _only_the_edited_bytes_differ(a: Path, b: Path, *, n_tensors: int, n_floats: int) -> None:
+    """Byte-level: same size; the storage entries that differ are the reset tensors' (now all
+    zero); data.pkl differs in 8-byte floats only; outside entry data only CRC fields differ."""
+    x, y = a.read_bytes(), b.read_bytes()
+    assert len(x) == len(y)
+    outside = bytearray(len(x))  # 1 where a byte lies outside every entry's data
+    outside[:] = b"\x01" * len(x)
+    changed = []
+    with zipfile.ZipFile(a) as za, zipfile.ZipFile(b) as zb:
+        for info in za.infolist():
+            head = x[info.header_offset : info.header_offset + 30]
+            start = info.header_offset + 30 + int.from_bytes(head[26:28], "little")
+            start += int.from_bytes(head[28:30], "little")
+            outside[start : start + info.file_size] = bytes(info.file_size)
+            da, db = za.read(info.filename), zb.read(info.filename)
+            if da != db:
+                changed.append(info.filename)
+                if info.filename.endswith("data.pkl"):
+                    diff = [i for i in range(len(da)) if da[i] != db[i]]
+                    windows: list[int] = []  # 8-byte windows that cover every changed byte
+                    for i in diff:
+                        if not windows or i >= windows[-1] + 8:
+                            windows.append(i)
+                    assert 0 < len(windows) <= n_floats
+                else:
+                    assert not any(db)
+    assert sum(1 for n in changed if not n.endswith("data.pkl")) == n_tensors
+    stray = [i for i in range(len(x)) if outside[i] and x[i] != y[i]]
+    assert len(stray) <= 8 * len(changed)  # the CRC-32 in the central directory and descriptor
 
 
 def test_analyze_of_the_output_shows_the_reset(saved: Path, tmp_path: Path) -> None:
@@ -105,6 +137,31 @@ def test_bare_optimizer_parameter_and_step_reset(saved: Path, tmp_path: Path) ->
     step(model, opt, torch.Generator().manual_seed(3))
     steps = {n: float(opt.state[p]["step"]) for n, p in model.named_parameters()}
     assert steps["lm_head.weight"] == 1.0 and steps["transformer.wte.weight"] == 14.0
+
+
+def test_memory_stays_bounded(tmp_path: Path) -> None:
+    """Resetting 128 MB of state allocates a copy buffer's worth (16 MiB), not the tensors."""
+    import tracemalloc
+
+    n = 1 << 24
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = torch.optim.AdamW([p])
+    p.grad = torch.ones(n)
+    opt.step()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["param_names"] = ["transformer.h.0.mlp.c_fc.weight"]
+    torch.save(sd, tmp_path / "big.pt")
+    del p, opt, sd
+    tracemalloc.start()
+    try:
+        plan = repair(tmp_path / "big.pt", tmp_path / "out", reset_layers="block.0")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plan.bytes_zeroed == 2 * 4 * n
+    assert peak < 48 << 20, peak
+    back = torch.load(tmp_path / "out" / "big.pt", weights_only=True, mmap=True)
+    assert not back["state"][0]["exp_avg"].any() and not back["state"][0]["exp_avg_sq"].any()
 
 
 def test_dry_run_writes_nothing(saved: Path, tmp_path: Path) -> None:
