@@ -204,3 +204,23 @@ def test_out_must_be_new_and_outside_the_input(saved: Path, tmp_path: Path) -> N
 def test_same_bits_tells_nan_payloads_apart() -> None:  # the helper the checks above rely on
     a = torch.tensor([float("nan"), 0.0])
     assert same_bits(a, a.clone()) and not same_bits(a, torch.tensor([float("nan"), -0.0]))
+
+
+def test_cli_prints_the_plan(saved: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from adamscope.cli import app
+
+    args = ["repair", str(saved / "ckpt.pt"), "-o", str(tmp_path / "out")]
+    args += ["--reset-layers", "head", "--reset", "exp_avg", "--eps", "1e-9"]
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "would reset head (named layer): exp_avg of 2 tensors" in dry.output
+    assert "would set eps 1e-08 -> 1e-09 in optimizer.param_groups[1]" in dry.output
+    assert listing(tmp_path) == []
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert f"-> {tmp_path / 'out' / 'ckpt.pt'}" in done.output
+    assert listing(tmp_path) == ["out", "out/ckpt.pt", "out/repair.json"]
+    bad = CliRunner().invoke(app, [*args[:4], "--reset-layers", "head", "--reset", "m"])
+    assert bad.exit_code == 2 and "reset 'm': needs 'exp_avg' or 'both'" in bad.stderr
