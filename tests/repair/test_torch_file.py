@@ -224,3 +224,18 @@ def test_cli_prints_the_plan(saved: Path, tmp_path: Path) -> None:
     assert listing(tmp_path) == ["out", "out/ckpt.pt", "out/repair.json"]
     bad = CliRunner().invoke(app, [*args[:4], "--reset-layers", "head", "--reset", "m"])
     assert bad.exit_code == 2 and "reset 'm': needs 'exp_avg' or 'both'" in bad.stderr
+
+
+def test_amsgrad_max_is_reset_with_both(tmp_path: Path) -> None:
+    model = proxy.build_model(CFG)
+    opt = torch.optim.AdamW(model.named_parameters(), amsgrad=True)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        step(model, opt, gen)
+    torch.save(opt.state_dict(), tmp_path / "optim.pt")
+    plan = repair(tmp_path / "optim.pt", tmp_path / "out", reset_layers="lm_head.weight")
+    assert plan.resets[0].states == ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    a = torch.load(tmp_path / "optim.pt", weights_only=True)
+    b = torch.load(tmp_path / "out" / "optim.pt", weights_only=True)
+    states = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    assert differences(a, b) == state_keys(a, ["lm_head.weight"], prefix="", states=states)
