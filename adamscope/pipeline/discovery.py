@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,18 @@ def discover(path: Path) -> list[Found]:
     if not path.is_dir():  # a file, or a FIFO/device that detect refuses naming it
         return [Found(path, step_from_name(path), registry.detect(path))]
     children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    dangling = [c for c in children if _dangling(c)]
+    for c in dangling:  # named, never skipped in silence
+        log.warning("%s: %s; skipped", c, _dangling(c))
+    children = [c for c in children if c not in dangling]
     stepped = _readable([c for c in children if step_from_name(c) is not None], warn=True)
+    # a step entry that is a broken link is a checkpoint of the run gone missing: it fails (and
+    # --keep-going lists it) like a truncated one
+    stepped += [
+        Found(c, step_from_name(c), _broken(CorruptCheckpointError(f"{c}: {_dangling(c)}")))
+        for c in dangling
+        if step_from_name(c) is not None
+    ]
     itself, broken = _detect_quiet(path) if len(stepped) < 2 else (None, None)  # the folder itself
     if broken is not None and stepped:
         log.warning("%s; analysing the checkpoints inside the folder instead", broken)
@@ -87,6 +99,23 @@ def discover(path: Path) -> list[Found]:
         f"{path}: no checkpoint found; the folder holds {listing}{more}. Expected a checkpoint "
         "file/folder or a run folder of checkpoint-N, step_N, global_stepN or *step=N*.ckpt entries"
     )
+
+
+def _dangling(p: Path) -> str | None:
+    """What is wrong with `p` when it is a symlink to nothing or a symlink loop, else None."""
+    if not p.is_symlink():
+        return None
+    try:
+        p.resolve(strict=True)
+        return None
+    except RuntimeError:  # older Pythons raise this for loops
+        return "a symlink loop"
+    except OSError as e:
+        import errno
+
+        if e.errno == errno.ELOOP:
+            return "a symlink loop"
+        return f"a broken symlink (to {os.readlink(p)!r:.200})"
 
 
 def _readable(paths: list[Path], *, warn: bool = False) -> list[Found]:

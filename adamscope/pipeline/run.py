@@ -168,7 +168,9 @@ def analyze_checkpoint(
                     sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
                     if progress:
                         progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
-                    meta = TensorMeta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
+                    meta = TensorMeta(
+                        ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece, ts.v_dtype
+                    )
                     if not d.active:
                         acc.add_later(meta, sk)
                         continue
@@ -355,15 +357,27 @@ def _relative(p: Path, root: Path) -> str:
         rel = p.resolve().relative_to(root.resolve())
     except ValueError:
         return str(p)
+    except (OSError, RuntimeError):  # a link loop: named as it is in the folder
+        try:
+            rel = p.absolute().relative_to(root.absolute())
+        except ValueError:
+            return str(p)
     return str(rel) if str(rel) != "" else "."
 
 
 def fingerprint(path: Path) -> str:
     """Key of a checkpoint for --resume: its resolved path and every file's size and mtime."""
-    h = hashlib.sha1(str(path.resolve()).encode())
+    try:
+        where = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a broken link or a loop: its reader reports it
+        return hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:20]
+    h = hashlib.sha1(str(where).encode())
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError:
+            continue
         h.update(
             f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns}".encode()
         )

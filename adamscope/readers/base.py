@@ -17,6 +17,7 @@ __all__ = [
     "ReaderOptions",
     "TensorState",
     "child_path",
+    "inside",
 ]
 
 
@@ -33,7 +34,36 @@ def child_path(folder: Path, name: str, *, source: Path) -> Path:
         raise CorruptCheckpointError(
             f"{source}: refers to {name!r}, which is not a file name in {folder}"
         )
-    return folder / name
+    return inside(folder, folder / name, source=source)
+
+
+def inside(folder: Path, path: Path, *, source: Path) -> Path:
+    """`path`, checked to stay inside `folder` after symlinks are followed (a symlinked checkpoint
+    folder itself is fine: both sides are resolved). A path that does not exist is returned as
+    it is (its reader reports it missing).
+
+    Raises:
+        CorruptCheckpointError: `path` is a symlink (or under one) that leads outside `folder`,
+            or a symlink loop.
+    """
+    import os
+
+    from adamscope.errors import CorruptCheckpointError
+
+    if not os.path.lexists(path):
+        return path
+    try:
+        real, root = path.resolve(strict=True), folder.resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # a loop, or a dangling link
+        raise CorruptCheckpointError(
+            f"{source}: {path} is a broken symlink or a symlink loop ({type(e).__name__})"
+        ) from e
+    if real != root and root not in real.parents:
+        raise CorruptCheckpointError(
+            f"{source}: {path} leads outside the checkpoint folder {folder} (to {real}); "
+            "adamscope reads only inside the checkpoint"
+        )
+    return path
 
 
 class Reader(Protocol):

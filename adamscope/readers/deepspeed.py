@@ -32,6 +32,7 @@ from typing import Any
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, UnsupportedFormatError
 from adamscope.readers import guard
+from adamscope.readers.base import child_path, inside
 from adamscope.readers.naming import is_tensor_like, strip_compile_prefix
 from adamscope.readers.optim_state import check_adam, check_dense, hyper_params
 from adamscope.vocab import CheckpointInfo, TensorState
@@ -60,7 +61,9 @@ def resolve_tag_folder(path: Path) -> Path | None:
                 and tag not in (".", "..")
                 and (path / tag).is_dir()
             ):
-                return path / tag
+                # neither `latest` nor the tag folder may be a symlink that leads elsewhere
+                inside(path, latest, source=latest)
+                return inside(path, path / tag, source=latest)
     if any((path / m).is_file() for m in _MODEL_FILES):
         return path
     return None
@@ -500,7 +503,7 @@ class DeepSpeedUniversalReader:
         for j, shapes in enumerate(self.param_shapes):
             hp = hyper_params(_group_of(groups, j), source=source, options=self.options)
             for name, shape in shapes.items():
-                folder = self.zero / name
+                folder = child_path(self.zero, str(name), source=Path(source))
                 if (
                     not (folder / "exp_avg.pt").is_file()
                     or not (folder / "exp_avg_sq.pt").is_file()
