@@ -53,6 +53,7 @@ class TensorState:
     chunks: ChunkFn
     piece: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    v_dtype: str | None = None  # exp_avg_sq's stored dtype when it is not `dtype` (quantized v)
 
     @property
     def numel(self) -> int:

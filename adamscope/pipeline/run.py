@@ -168,7 +168,9 @@ def analyze_checkpoint(
                     sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
                     if progress:
                         progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
-                    meta = TensorMeta(ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece)
+                    meta = TensorMeta(
+                        ts.name, tuple(ts.shape), ts.dtype, ts.step, ts.hp, ts.piece, ts.v_dtype
+                    )
                     if not d.active:
                         acc.add_later(meta, sk)
                         continue

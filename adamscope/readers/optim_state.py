@@ -27,6 +27,7 @@ from adamscope.readers.naming import (
     parameter_candidates,
     strip_compile_prefix,
 )
+from adamscope.readers.quantized import adam_entry
 from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ _NOT_ADAM = (
     ),
     (("exp_avg_sq_row",), "Adafactor (exp_avg_sq_row/col): not Adam, no per-element v"),
     (("momentum_buffer",), "SGD state (momentum_buffer)"),
-    (("state1", "qmap1"), "bitsandbytes quantized state (state1/qmap1)"),
+    (
+        ("state1",),
+        "bitsandbytes state with one moment (state1 only: 8-bit Lion, Momentum, RMSprop, "
+        "Adagrad or LARS)",
+    ),
     (("exp_inf",), "Adamax state (exp_inf: an infinity-norm, not a second moment)"),
     (("square_avg",), "RMSprop/Adadelta state (square_avg)"),
     (("sum",), "Adagrad state (sum: an accumulated, not averaged, second moment)"),
@@ -84,9 +89,15 @@ def param_names_from_groups(optim_sd: dict) -> list[str] | None:
     return names
 
 
+def adam_state(optim_sd: dict, *, source: str) -> dict[Any, Any]:
+    """`optim_sd['state']` with each entry in Adam's keys: bitsandbytes' state1/state2 (8-bit
+    codes or float32) as lazy exp_avg/exp_avg_sq (readers/quantized.py); other entries as stored."""
+    return {pid: adam_entry(e, source=source, pid=pid) for pid, e in optim_sd["state"].items()}
+
+
 def state_shapes(optim_sd: dict, *, source: str) -> list[list[tuple[int, ...] | None]]:
     """Per group, the exp_avg shape of each id (None for ids that were never stepped)."""
-    state = optim_sd["state"]
+    state = adam_state(optim_sd, source=source)
     return [
         [_shape_of(state.get(pid)) for pid in ids] for ids in group_ids(optim_sd, source=source)
     ]
@@ -107,7 +118,7 @@ def check_adam(optim_sd: dict, *, source: str) -> None:
     written by torch.optim (they carry `foreach`/`differentiable`). An RAdam state written by other
     code, or by torch < 1.11, cannot be told apart from Adam's and is read as Adam.
     """
-    entries = [e for e in optim_sd["state"].values() if isinstance(e, dict)]
+    entries = [e for e in adam_state(optim_sd, source=source).values() if isinstance(e, dict)]
     if not entries:
         raise UnsupportedFormatError(
             f"{source}: the optimizer has no state (never stepped?): nothing to analyse"
@@ -208,7 +219,7 @@ def iter_adam_states(
     n_ids = sum(len(ids) for ids in ids_per_group)
     if len(names) != n_ids:
         raise NamingError(f"{source}: {len(names)} names for {n_ids} optimizer parameters")
-    state = optim_sd["state"]
+    state = adam_state(optim_sd, source=source)
     position, skipped = 0, 0
     for group, ids in zip(optim_sd["param_groups"], ids_per_group, strict=True):
         hp = hyper_params(group, source=source, options=options)
@@ -263,6 +274,7 @@ def _tensor_state(
         dtype=m.dtype_name,
         chunks=_chunker(m, v, vmax, name=name, source=source),
         notes=notes,
+        v_dtype=None if v.dtype_name == m.dtype_name else v.dtype_name,
     )
 
 
@@ -344,7 +356,7 @@ def optim_info(
     """CheckpointInfo from an optimizer state_dict, without reading tensor data."""
     entries = [
         e
-        for e in optim_sd["state"].values()
+        for e in adam_state(optim_sd, source=str(path)).values()
         if isinstance(e, dict) and is_tensor_like(e.get("exp_avg"))
     ]
     return CheckpointInfo(

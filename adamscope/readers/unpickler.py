@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adamscope.errors import UnsafePickleError, UnsupportedFormatError
+from adamscope.readers.quantized import TORCHAO_STATES
 
 # torch's legacy typed-storage classes, by the name they are pickled under, and their dtype names.
 STORAGE_DTYPES: dict[str, str] = {
@@ -69,6 +70,10 @@ STUBBED_GLOBALS: set[str] = {
     "typing.Any",
 }
 
+# tensor subclasses rebuilt from their recorded codes and scales (torchao's quantized optimizer
+# states): become readers/quantized.BlockQuantized, nothing of torchao is imported
+_WRAPPER_SUBCLASSES = frozenset(TORCHAO_STATES)
+
 _SAFE_BUILTINS = frozenset(
     {"set", "frozenset", "complex", "slice", "tuple", "list", "dict", "int", "float", "str", "bool"}
 )
@@ -77,7 +82,6 @@ _TORCH_REBUILD_UNSUPPORTED = frozenset(
         "_rebuild_qtensor",
         "_rebuild_sparse_tensor",
         "_rebuild_nested_tensor",
-        "_rebuild_wrapper_subclass",
         "_rebuild_meta_tensor_no_storage",
         "_rebuild_device_tensor_from_numpy",
         "_rebuild_device_tensor_from_cpu_tensor",
@@ -166,6 +170,37 @@ class _TensorType:
 
     def __setstate__(self, state: Any) -> None:
         raise pickle.UnpicklingError("a pickle may not set state on a tensor type")
+
+
+class _WrapperType:
+    """Stand-in for an allowlisted tensor subclass rebuilt through `_rebuild_wrapper_subclass`
+    (torchao's quantized optimizer states, quantized.TORCHAO_STATES): only its name is kept."""
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle may not set state on a tensor subclass type")
+
+
+@dataclass(frozen=True)
+class _WrapperShell:
+    """What `_rebuild_wrapper_subclass` returns: the subclass's name and shape, no data; its
+    recorded `__dict__` (codes, scales) arrives next, in `_rebuild_from_type_v2`."""
+
+    qualname: str
+    shape: tuple[int, ...]
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("a pickle may not set state on a tensor subclass shell")
+
+
+def _get_layout(name: Any) -> str:
+    # torch.serialization._get_layout('torch.strided'): the only layout a wrapper subclass of
+    # optimizer state has; the string is kept, nothing is looked up
+    if name != "torch.strided":
+        raise pickle.UnpicklingError(f"tensor layout {name!r:.40}")
+    return name
 
 
 class _NumpyDType:
@@ -287,11 +322,30 @@ class RestrictedUnpickler(pickle.Unpickler):
     def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
         return data  # a Parameter is its data for our purposes
 
-    @staticmethod
-    def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    def _rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        if isinstance(new_type, _WrapperType) and func == self._rebuild_wrapper_subclass:
+            from adamscope.readers.quantized import from_torchao
+
+            shell = func(*args)
+            if not isinstance(shell, _WrapperShell) or shell.qualname != new_type.qualname:
+                raise pickle.UnpicklingError("_rebuild_from_type_v2 of another subclass")
+            return from_torchao(shell.qualname, shell.shape, state, source=self.source)
         if not isinstance(new_type, _TensorType) or not callable(func):
             raise pickle.UnpicklingError("_rebuild_from_type_v2 of a tensor subclass")
         return func(*args)
+
+    def _rebuild_wrapper_subclass(self, cls: Any, dtype: Any, size: Any, *_rest: Any) -> Any:
+        if not isinstance(cls, _WrapperType):
+            raise UnsupportedFormatError(
+                f"{self.source}: holds a tensor kind adamscope cannot read lazily "
+                f"(torch._utils._rebuild_wrapper_subclass of {getattr(cls, 'qualname', cls)!s:.80})"
+            )
+        _dtype_name(dtype)
+        if not isinstance(size, tuple | list) or not all(isinstance(d, int) for d in size):
+            raise pickle.UnpicklingError("wrapper subclass with a size that is not a tuple")
+        if any(d < 0 for d in size):
+            raise pickle.UnpicklingError(f"wrapper subclass with size {tuple(size)}")
+        return _WrapperShell(cls.qualname, tuple(int(d) for d in size))
 
     # --- pickle hooks -------------------------------------------------------------------------
     def persistent_load(self, pid: Any) -> Any:
@@ -333,6 +387,8 @@ class RestrictedUnpickler(pickle.Unpickler):
                 return self._rebuild_tensor_v3
             if name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
                 return self._rebuild_parameter
+            if name == "_rebuild_wrapper_subclass":
+                return self._rebuild_wrapper_subclass
             if name in _TORCH_REBUILD_UNSUPPORTED:
                 raise UnsupportedFormatError(
                     f"{self.source}: holds a tensor kind adamscope cannot read lazily ({qualname})"
@@ -341,6 +397,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             return self._rebuild_from_type_v2
         if qualname in ("torch.Tensor", "torch.nn.parameter.Parameter"):
             return _TensorType()
+        if qualname in _WRAPPER_SUBCLASSES:
+            return _WrapperType(qualname)
+        if qualname == "torch.serialization._get_layout":
+            return _get_layout
         if module in ("torch", "torch.storage"):
             if name in STORAGE_DTYPES:
                 return _StorageType(STORAGE_DTYPES[name])

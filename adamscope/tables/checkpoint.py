@@ -32,6 +32,7 @@ class TensorMeta:
     step: float
     hp: Any
     piece: tuple[int, int] | None
+    v_dtype: str | None = None  # None: exp_avg_sq is stored as `dtype`
 
 
 _HIST_SCHEMA = {"quantity": pl.Utf8, "lo": pl.Float64, "hi": pl.Float64, "count": pl.Int64}
@@ -120,6 +121,7 @@ class CheckpointTables:
                 "tensor": meta.name,
                 "shape": str(list(meta.shape)),
                 "dtype": meta.dtype,
+                "v_dtype": meta.v_dtype or meta.dtype,
                 "beta1": meta.hp.beta1,
                 "beta2": meta.hp.beta2,
                 "eps": meta.hp.eps,

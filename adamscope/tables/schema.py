@@ -173,7 +173,18 @@ TENSORS = [
         "depth", "i64", "layer position in depth order (embedding 0, block i -> i + 1, head last)"
     ),
     Column("shape", "str", "tensor shape, e.g. '[768, 3072]'"),
-    Column("dtype", "str", "dtype of exp_avg as stored"),
+    Column(
+        "dtype",
+        "str",
+        "dtype of exp_avg as stored; quantized state names its scheme and block size: "
+        "bnb-8bit-b<block> (bitsandbytes 8-bit blockwise), torchao-8bit-b<block>, "
+        "torchao-4bit-b<block>, torchao-fp8-b<block> (read by dequantizing the stored codes)",
+    ),
+    Column(
+        "v_dtype",
+        "str",
+        "dtype of exp_avg_sq as stored, in the same spelling (v quantized when it is a scheme)",
+    ),
     *_HP,
     *_STATS,
     *_LIVE,
