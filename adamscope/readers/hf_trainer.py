@@ -93,10 +93,15 @@ class HFTrainerReader:
 
     # -- the reader surface -------------------------------------------------------------------
     def describe(self) -> CheckpointInfo:
+        from adamscope.readers.optim_state import adam_state, check_adam
+
         step = self._global_step()  # first: a broken trainer_state.json fails before naming
         sd = self._state_dict()
+        source = str(self.path / OPTIMIZER)
+        check_adam(sd, source=source)  # SGD/Adafactor/...: the same line as iter_tensors
         names = self._param_names()
-        shapes = [_shape(s["exp_avg"]) for s in sd["state"].values() if "exp_avg" in s]
+        state = adam_state(sd, source=source)
+        shapes = [_shape(s["exp_avg"]) for s in state.values() if "exp_avg" in s]
         notes = [f"names: {self._method}"]
         if self._ambiguous:
             notes.append(f"{len(self._ambiguous)} of {len(names)} names ambiguous (marked {{a|b}})")
@@ -161,12 +166,13 @@ class HFTrainerReader:
         return None if step is None else guard.finite_int(step, source=f, what="global_step")
 
     def _param_names(self) -> list[str]:
-        from adamscope.readers.optim_state import param_names_from_groups
+        from adamscope.readers.optim_state import adam_state, param_names_from_groups
 
         if self._names is not None:
             return self._names
         sd = self._state_dict()
-        shapes = {int(i): _shape(s["exp_avg"]) for i, s in sd["state"].items() if "exp_avg" in s}
+        state = adam_state(sd, source=str(self.path / OPTIMIZER))  # bitsandbytes: state1 -> m
+        shapes = {int(i): _shape(s["exp_avg"]) for i, s in state.items() if "exp_avg" in s}
         pattern = [[shapes.get(int(p)) for p in g["params"]] for g in sd["param_groups"]]
         stored = param_names_from_groups(sd)
         if stored is not None:

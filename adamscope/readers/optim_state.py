@@ -45,11 +45,19 @@ _NOT_ADAM = (
         "bitsandbytes state with one moment (state1 only: 8-bit Lion, Momentum, RMSprop, "
         "Adagrad or LARS)",
     ),
+    (("row_var",), "Adafactor (torch.optim: row_var/col_var/variance): not Adam, no exp_avg"),
     (("exp_inf",), "Adamax state (exp_inf: an infinity-norm, not a second moment)"),
     (("square_avg",), "RMSprop/Adadelta state (square_avg)"),
     (("sum",), "Adagrad state (sum: an accumulated, not averaged, second moment)"),
     (("prev", "step_size"), "Rprop state (prev, step_size)"),
     (("exp_avg",), "exp_avg without exp_avg_sq (Lion-like)"),
+)
+# group keys of optimizers that may keep no state at all (SGD without momentum), checked in order
+_NOT_ADAM_GROUPS = (
+    (("momentum", "nesterov", "dampening"), "SGD (momentum, nesterov in its param_groups)"),
+    (("lr_decay", "initial_accumulator_value"), "Adagrad (lr_decay in its param_groups)"),
+    (("alpha", "centered"), "RMSprop (alpha, centered in its param_groups)"),
+    (("beta2_decay",), "Adafactor (beta2_decay in its param_groups)"),
 )
 # group keys torch.optim writes for every optimizer built on its Optimizer base (torch >= 1.11);
 # torch's Adam/AdamW always also store 'amsgrad', its RAdam never does
@@ -119,12 +127,16 @@ def check_adam(optim_sd: dict, *, source: str) -> None:
     code, or by torch < 1.11, cannot be told apart from Adam's and is read as Adam.
     """
     entries = [e for e in adam_state(optim_sd, source=source).values() if isinstance(e, dict)]
+    groups = [g for g in optim_sd["param_groups"] if isinstance(g, dict)]
+    if not any(entries) and "betas" not in {k for g in groups for k in g}:
+        for needed, what in _NOT_ADAM_GROUPS:  # SGD without momentum stores no state at all
+            if any(all(k in g for k in needed) for g in groups):
+                raise NotAdamError(f"{source}: not Adam/AdamW: {what}, no Adam state")
     if not entries:
         raise UnsupportedFormatError(
             f"{source}: the optimizer has no state (never stepped?): nothing to analyse"
         )
     keys = set().union(*(e.keys() for e in entries))
-    groups = [g for g in optim_sd["param_groups"] if isinstance(g, dict)]
     if "mu_product" in keys or any("momentum_decay" in g for g in groups):
         raise NotAdamError(
             f"{source}: not Adam/AdamW: NAdam state (mu_product/momentum_decay); its update "

@@ -195,6 +195,16 @@ class _WrapperShell:
         raise pickle.UnpicklingError("a pickle may not set state on a tensor subclass shell")
 
 
+def _subclass_refusal(source: str, qualname: str) -> str:
+    """The one line for a tensor subclass outside _WRAPPER_SUBCLASSES (torchao's named as such)."""
+    known = ", ".join(sorted(q.rsplit(".", 1)[-1] for q in TORCHAO_STATES))
+    library = "a torchao" if qualname.startswith("torchao.") else "a"
+    return (
+        f"{source}: holds {library} tensor subclass adamscope cannot read ({qualname}); of "
+        f"torchao's, adamscope reads the optimizer states {known}"
+    )
+
+
 def _get_layout(name: Any) -> str:
     # torch.serialization._get_layout('torch.strided'): the only layout a wrapper subclass of
     # optimizer state has; the string is kept, nothing is looked up
@@ -330,16 +340,16 @@ class RestrictedUnpickler(pickle.Unpickler):
             if not isinstance(shell, _WrapperShell) or shell.qualname != new_type.qualname:
                 raise pickle.UnpicklingError("_rebuild_from_type_v2 of another subclass")
             return from_torchao(shell.qualname, shell.shape, state, source=self.source)
+        if isinstance(new_type, type) and issubclass(new_type, Stub):  # peek: an unknown class
+            raise UnsupportedFormatError(_subclass_refusal(self.source, new_type.qualname))
         if not isinstance(new_type, _TensorType) or not callable(func):
             raise pickle.UnpicklingError("_rebuild_from_type_v2 of a tensor subclass")
         return func(*args)
 
     def _rebuild_wrapper_subclass(self, cls: Any, dtype: Any, size: Any, *_rest: Any) -> Any:
         if not isinstance(cls, _WrapperType):
-            raise UnsupportedFormatError(
-                f"{self.source}: holds a tensor kind adamscope cannot read lazily "
-                f"(torch._utils._rebuild_wrapper_subclass of {getattr(cls, 'qualname', cls)!s:.80})"
-            )
+            name = f"{getattr(cls, 'qualname', type(cls).__name__)!s:.80}"
+            raise UnsupportedFormatError(_subclass_refusal(self.source, name))
         _dtype_name(dtype)
         if not isinstance(size, tuple | list) or not all(isinstance(d, int) for d in size):
             raise pickle.UnpicklingError("wrapper subclass with a size that is not a tuple")
