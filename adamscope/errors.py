@@ -27,3 +27,18 @@ class UnsafePickleError(AdamscopeError):
 
 class NamingError(AdamscopeError):
     """Parameter names cannot be recovered without guessing."""
+
+
+def torch_reason(error: BaseException) -> str:
+    """The part of a torch.load error worth one line: the unpickler's own reason, without torch's
+    advice to re-run with weights_only=False (adamscope never does that for a user's file)."""
+    text = str(error)
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.strip()
+    kept = [
+        s
+        for s in " ".join(text.split()).split(". ")
+        if "weights_only" not in s.replace("`", "") or "=True" in s
+    ]
+    return (". ".join(kept) or type(error).__name__)[:200]

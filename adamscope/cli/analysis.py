@@ -16,6 +16,18 @@ from adamscope.cli.common import (
     command,
 )
 
+_NOT_STORED = "formats that do not store it (MLX, HuggingFaceStorageWriter, Orbax/optax)"
+Beta1Opt = Annotated[float | None, typer.Option(help=f"beta1 for {_NOT_STORED}.")]
+Beta2Opt = Annotated[float | None, typer.Option(help=f"beta2 for {_NOT_STORED}.")]
+EpsOpt = Annotated[float | None, typer.Option(help=f"eps for {_NOT_STORED}.")]
+BiasCorrectionOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--bias-correction/--no-bias-correction",
+        help="For formats that do not store it (MLX defaults to none).",
+    ),
+]
+
 
 @command()
 def analyze(
@@ -56,20 +68,10 @@ def analyze(
             help="Exact gradients (gradients.parquet) for checkpoints saved one step apart."
         ),
     ] = True,
-    beta1: Annotated[
-        float | None, typer.Option(help="beta1 for formats that do not store it (MLX).")
-    ] = None,
-    beta2: Annotated[
-        float | None, typer.Option(help="beta2 for formats that do not store it.")
-    ] = None,
-    eps: Annotated[float | None, typer.Option(help="eps for formats that do not store it.")] = None,
-    bias_correction: Annotated[
-        bool | None,
-        typer.Option(
-            "--bias-correction/--no-bias-correction",
-            help="For formats that do not store it (MLX defaults to none).",
-        ),
-    ] = None,
+    beta1: Beta1Opt = None,
+    beta2: Beta2Opt = None,
+    eps: EpsOpt = None,
+    bias_correction: BiasCorrectionOpt = None,
     log_file: Annotated[
         list[Path] | None,
         typer.Option(
@@ -150,6 +152,10 @@ def inspect(
     path: PathArg,
     model: ModelOpt = None,
     trust_pickle: TrustOpt = False,
+    beta1: Beta1Opt = None,
+    beta2: Beta2Opt = None,
+    eps: EpsOpt = None,
+    bias_correction: BiasCorrectionOpt = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Show what is at PATH: format detected, step, hyper-parameters, tensor names/shapes/dtypes, size."""
@@ -157,5 +163,8 @@ def inspect(
     from adamscope.api import inspect as run_inspect
     from adamscope.cli.present import inspection_lines
 
-    for line in inspection_lines(run_inspect(path, options=_reader_options(model, trust_pickle))):
+    options = _reader_options(
+        model, trust_pickle, beta1=beta1, beta2=beta2, eps=eps, bias_correction=bias_correction
+    )
+    for line in inspection_lines(run_inspect(path, options=options)):
         typer.echo(line)

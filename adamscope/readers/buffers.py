@@ -11,6 +11,7 @@ keeps is never overwritten. Memory: at most `_MAX_BUFFERS` buffers of the larges
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -38,6 +39,33 @@ def empty(n: int, dtype: torch.dtype) -> torch.Tensor:
     if buf is None:
         return torch.empty(n, dtype=dtype)
     return torch.from_numpy(buf[:nbytes]).view(dtype)
+
+
+def pread(file: str | os.PathLike[str], pos: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """n elements of `dtype` from byte `pos` of `file`, by positional reads into `empty(n)`.
+
+    Raises:
+        CorruptCheckpointError: the file ends before the n elements do.
+    """
+    import torch
+
+    from adamscope.errors import CorruptCheckpointError
+
+    out = empty(max(0, n), dtype)
+    if n <= 0:
+        return out
+    buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
+    fd = os.open(file, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(buf):
+            got = os.preadv(fd, [buf[done:]], pos + done)
+            if got <= 0:
+                raise CorruptCheckpointError(f"{file}: truncated at byte {pos + done}")
+            done += got
+    finally:
+        os.close(fd)
+    return out
 
 
 def _free(i: int) -> bool:

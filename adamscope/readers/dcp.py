@@ -31,6 +31,7 @@ from adamscope.errors import (
     NotAdamError,
     UnsafePickleError,
     UnsupportedFormatError,
+    torch_reason,
 )
 from adamscope.readers import guard
 from adamscope.readers.base import child_path
@@ -124,6 +125,7 @@ class _Chunk:
     file: Path
     byte_offset: int
     length: int
+    key: str = ""  # the flat key: how a safetensors-serialized chunk is found in its blob
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
                     length=guard.finite_int(
                         info.get("length"), source=source, what=f"length of '{key}'"
                     ),
+                    key=key,
                 )
             )
         dtype, size = None, None
@@ -247,9 +250,6 @@ class _BlobTensor:
         self.chunk = chunk
         _check_span(chunk)
         with open(chunk.file, "rb") as f:
-            head = os.pread(f.fileno(), 4, chunk.byte_offset)
-            if head[:2] != b"PK":  # raw bytes (DCP's safetensors serialization): dtype from meta
-                raise UnsupportedFormatError(f"{chunk.file}: chunk is not a torch.save blob")
             view = _SliceFile(f, chunk.byte_offset, chunk.length)
             with zipfile.ZipFile(view) as zf:
                 pkl = min((n for n in zf.namelist() if n.endswith("data.pkl")), key=len)
@@ -296,26 +296,10 @@ class _BlobTensor:
 
     def read(self, start: int, stop: int) -> Any:
         """Elements [start, stop) of the chunk in flat order, as a 1-D tensor (see buffers.empty)."""
-        import torch
-
         from adamscope.readers import buffers
 
-        out = buffers.empty(max(0, stop - start), self.torch_dtype)
-        if stop <= start:
-            return out
-        buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
         pos = self.data_start + (self.offset + start) * self.itemsize
-        fd = os.open(self.chunk.file, os.O_RDONLY)
-        try:
-            done = 0
-            while done < len(buf):
-                n = os.preadv(fd, [buf[done:]], pos + done)
-                if n <= 0:
-                    raise CorruptCheckpointError(f"{self.chunk.file}: truncated chunk at {pos}")
-                done += n
-        finally:
-            os.close(fd)
-        return out
+        return buffers.pread(self.chunk.file, pos, stop - start, self.torch_dtype)
 
 
 class _SliceFile(io.RawIOBase):
@@ -364,8 +348,28 @@ def _check_span(chunk: _Chunk, size: int | None = None) -> None:
         )
 
 
+def _is_torch_blob(chunk: _Chunk) -> bool:
+    """Whether the chunk's bytes start a torch.save zip; else they are DCP's safetensors
+    serialization (the chunk's offset is where its file's safetensors blob starts)."""
+    with open(chunk.file, "rb") as f:
+        return os.pread(f.fileno(), 2, chunk.byte_offset) == b"PK"
+
+
+def chunk_tensor(chunk: _Chunk) -> Any:
+    """The lazy tensor of one chunk (`numel`, `read(start, stop)`), whichever serialization."""
+    _check_span(chunk)
+    if _is_torch_blob(chunk):
+        return _BlobTensor(chunk)
+    from adamscope.readers.dcp_safetensors import RawTensor
+
+    return RawTensor(
+        chunk.file, chunk.key, base=chunk.byte_offset, sizes=chunk.sizes, offsets=chunk.offsets
+    )
+
+
 def load_small(chunk: _Chunk) -> Any:
-    """A bytes object or a tiny tensor (step, hyper-parameters): torch.load(weights_only=True)."""
+    """A bytes object or a tiny tensor (step, hyper-parameters): torch.load(weights_only=True),
+    or a tensor of a safetensors-serialized file read by key."""
     import torch
 
     _check_span(chunk)
@@ -374,6 +378,17 @@ def load_small(chunk: _Chunk) -> Any:
             f"{chunk.file}: a {chunk.length} byte entry where a step or hyper-parameter "
             f"(at most {_SMALL_BYTES} bytes) is stored"
         )
+    if chunk.key and not _is_torch_blob(chunk):  # a step in a safetensors-serialized file
+        from adamscope.readers.dcp_safetensors import RawTensor
+
+        try:
+            t = RawTensor(chunk.file, chunk.key, base=chunk.byte_offset, sizes=chunk.sizes)
+        except CorruptCheckpointError as e:
+            raise CorruptCheckpointError(
+                f"{chunk.file}: entry '{chunk.key}' at byte {chunk.byte_offset} is neither a "
+                f"torch.save blob nor safetensors data ({str(e).removeprefix(f'{chunk.file}: ')})"
+            ) from None
+        return t.read(0, t.numel).reshape(t.shape).clone()
     with open(chunk.file, "rb") as f:
         blob = os.pread(f.fileno(), chunk.length, chunk.byte_offset)
     if len(blob) != chunk.length:
@@ -390,7 +405,13 @@ def load_small(chunk: _Chunk) -> Any:
     try:
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UnsafePickleError(f"{chunk.file}: value refused by weights_only ({e})") from None
+        raise UnsafePickleError(
+            f"{chunk.file}: value of '{chunk.key}' refused by weights_only ({torch_reason(e)})"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise CorruptCheckpointError(
+            f"{chunk.file}: cannot read entry '{chunk.key}' ({torch_reason(e)})"
+        ) from None
 
 
 _STATE_RE = re.compile(r"^(?:(?P<prefix>.+?)\.)?state\.(?P<fqn>.+)\.(?P<key>[^.]+)$")
@@ -570,8 +591,8 @@ def _pieces(
 
 def _stream(pieces: list[tuple[int, _Chunk, _Chunk, _Chunk | None]], n: int) -> Iterator[tuple]:
     for start, cm, cv, cmax in pieces:
-        m, v = _BlobTensor(cm), _BlobTensor(cv)
-        vmax = None if cmax is None else _BlobTensor(cmax)
+        m, v = chunk_tensor(cm), chunk_tensor(cv)
+        vmax = None if cmax is None else chunk_tensor(cmax)
         for a in range(0, m.numel, n):
             b = min(a + n, m.numel)
             yield start + a, m.read(a, b), v.read(a, b), None if vmax is None else vmax.read(a, b)

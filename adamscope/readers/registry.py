@@ -31,6 +31,7 @@ def register(reader: type[Reader], *, first: bool = False) -> type[Reader]:
 
 def _register_builtin() -> None:
     from adamscope.readers.dcp import DCPReader
+    from adamscope.readers.dcp_safetensors import HFStorageReader
     from adamscope.readers.deepspeed import DeepSpeedReader, DeepSpeedUniversalReader
     from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.lightning import LightningReader
@@ -44,6 +45,7 @@ def _register_builtin() -> None:
         DeepSpeedReader,
         DeepSpeedUniversalReader,
         DCPReader,
+        HFStorageReader,
         NanoGPTReader,
         LightningReader,
         HFTrainerReader,

@@ -74,6 +74,15 @@ class Entry(NamedTuple):
     end: int
 
 
+class Parsed(NamedTuple):
+    """A parsed safetensors header: its tensors, its `__metadata__` (str -> str, {} when absent)
+    and the absolute byte position where tensor data begins (entry ranges are relative to it)."""
+
+    entries: dict[str, Entry]
+    metadata: dict[str, str]
+    data_start: int
+
+
 def header(file: Path) -> dict[str, Entry]:
     """name -> Entry of every tensor of a safetensors file, in the file's order; parsed once per
     file version (cached: probes, readers and naming all ask, a header may hold 10^5 tensors).
@@ -85,25 +94,41 @@ def header(file: Path) -> dict[str, Entry]:
     Raises:
         CorruptCheckpointError: naming the file and what is wrong.
     """
+    return parse(Path(file)).entries
+
+
+def parse(file: Path, *, base: int = 0) -> Parsed:
+    """The header of the safetensors data that starts at byte `base` of `file` (0 for a
+    .safetensors file; DCP's safetensors serialization writes it after the `.distcp` file's
+    pickled entries), with the checks of `header`."""
     size = guard.regular_file(Path(file), what="safetensors file")
-    return _header(str(file), os.stat(file).st_mtime_ns, size)
+    return _header(str(file), os.stat(file).st_mtime_ns, size, base)
 
 
 @functools.lru_cache(maxsize=4)
-def _header(file: str, mtime_ns: int, size: int) -> dict[str, Entry]:
+def _header(file: str, mtime_ns: int, size: int, base: int = 0) -> Parsed:
+    where = "" if base == 0 else f" at byte {base}"
     with open(file, "rb") as f:
+        f.seek(base)
         raw = f.read(8)
+        if raw[:4] == b"PK\x03\x04":  # the length would read as ~10^17: name what it is
+            raise CorruptCheckpointError(
+                f"{file}: a zip archive (a torch.save file?){where}, not safetensors data"
+            )
         if len(raw) < 8:
-            raise CorruptCheckpointError(f"{file}: truncated safetensors header ({size} bytes)")
+            raise CorruptCheckpointError(
+                f"{file}: truncated safetensors header{where} ({size} bytes)"
+            )
         n = int.from_bytes(raw, "little")
         if n > guard.SAFETENSORS_HEADER_BYTES:
             raise CorruptCheckpointError(
-                f"{file}: safetensors header of {n} bytes, over the format's limit of "
+                f"{file}: safetensors header{where} of {n} bytes, over the format's limit of "
                 f"{guard.SAFETENSORS_HEADER_BYTES}"
             )
-        if 8 + n > size:
+        if base + 8 + n > size:
             raise CorruptCheckpointError(
-                f"{file}: truncated safetensors header (says {n} bytes, the file has {size - 8})"
+                f"{file}: truncated safetensors header{where} (says {n} bytes, the file has "
+                f"{size - base - 8})"
             )
         raw = f.read(n)
     gc_was_on = gc.isenabled()
@@ -112,18 +137,25 @@ def _header(file: str, mtime_ns: int, size: int) -> dict[str, Entry]:
         meta = guard.parse_json(raw, source=file)
         if not isinstance(meta, dict):
             raise CorruptCheckpointError(f"{file}: safetensors header is not a JSON object")
-        meta.pop("__metadata__", None)
+        extra = meta.pop("__metadata__", None) or {}
+        if not isinstance(extra, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+        ):
+            raise CorruptCheckpointError(
+                f"{file}: safetensors __metadata__ is not a map of strings to strings"
+            )
         out = _entries(meta, file=file)
     finally:
         if gc_was_on:
             gc.enable()
+    start = base + 8 + n
     end = max((e.end for e in out.values()), default=0)
-    if 8 + n + end > size:
+    if start + end > size:
         raise CorruptCheckpointError(
-            f"{file}: truncated safetensors data (tensors end at byte {8 + n + end}, the file "
+            f"{file}: truncated safetensors data (tensors end at byte {start + end}, the file "
             f"has {size})"
         )
-    return out
+    return Parsed(out, extra, start)
 
 
 def _entries(meta: dict[str, Any], *, file: str) -> dict[str, Entry]:

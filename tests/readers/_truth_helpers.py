@@ -108,7 +108,8 @@ _STREAM_RSS = """
 import importlib, json, resource, sys
 from adamscope.config import ReaderOptions
 module, cls, path, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-reader = getattr(importlib.import_module(module), cls)(path, options=ReaderOptions())
+options = ReaderOptions(**json.loads(sys.argv[5]))
+reader = getattr(importlib.import_module(module), cls)(path, options=options)
 ts = next(reader.iter_tensors())
 chunks = ts.chunks(chunk)
 next(chunks)  # warm up imports and the allocator
@@ -122,9 +123,12 @@ print(json.dumps({"growth_kb": after - before, "m_total": m_total, "v_total": v_
 """
 
 
-def stream_rss(reader: type, path: Path, *, chunk: int = 1 << 16) -> dict[str, Any]:
+def stream_rss(
+    reader: type, path: Path, *, chunk: int = 1 << 16, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Stream the first tensor of `path` with `reader` in a fresh interpreter: peak-RSS growth after
-    the first chunk (KiB), the sums of every later chunk's m and v, and the elements reached."""
+    the first chunk (KiB), the sums of every later chunk's m and v, and the elements reached.
+    `options`: ReaderOptions fields (betas/eps for formats that do not store them)."""
     import subprocess
     import sys
 
@@ -137,6 +141,7 @@ def stream_rss(reader: type, path: Path, *, chunk: int = 1 << 16) -> dict[str, A
             reader.__name__,
             str(path),
             str(chunk),
+            json.dumps(options or {}),
         ],
         check=True,
         capture_output=True,
