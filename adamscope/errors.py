@@ -4,9 +4,17 @@ from __future__ import annotations
 
 
 class AdamscopeError(Exception):
-    """Base class for every error adamscope reports to a user (exit code 2)."""
+    """Base class for every error adamscope reports to a user (exit code 2). The message is
+    kept to one line: line breaks a quoted library error brings along become ' / '."""
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str) and ("\n" in args[0] or "\r" in args[0]):
+            import re
+
+            args = (re.sub(r"\s*[\r\n]+\s*", " / ", args[0].strip()), *args[1:])
+        super().__init__(*args)
 
 
 class UnsupportedFormatError(AdamscopeError):

@@ -251,8 +251,20 @@ class _BlobTensor:
         _check_span(chunk)
         with open(chunk.file, "rb") as f:
             view = _SliceFile(f, chunk.byte_offset, chunk.length)
-            with zipfile.ZipFile(view) as zf:
-                pkl = min((n for n in zf.namelist() if n.endswith("data.pkl")), key=len)
+            try:
+                zf = zipfile.ZipFile(view)
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+                raise CorruptCheckpointError(
+                    f"{chunk.file}: the blob at byte {chunk.byte_offset} is not a readable "
+                    f"torch.save zip ({type(e).__name__}: {str(e)[:120]})"
+                ) from e
+            with zf:
+                pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
+                if not pkls:
+                    raise CorruptCheckpointError(
+                        f"{chunk.file}: the blob at byte {chunk.byte_offset} holds no data.pkl"
+                    )
+                pkl = min(pkls, key=len)
                 prefix = pkl[: -len("data.pkl")]
                 data = read_member(zf, pkl, limit=guard.PICKLE_BYTES, source=chunk.file)
                 check_pickle(data, source=f"{chunk.file}: chunk data.pkl")

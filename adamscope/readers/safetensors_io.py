@@ -195,7 +195,12 @@ class Handles:
             from safetensors import safe_open
 
             header(file)  # the checks, before the library opens it
-            handle = self._open[file] = safe_open(str(file), framework="pt")
+            try:
+                handle = self._open[file] = safe_open(str(file), framework="pt")
+            except Exception as e:  # noqa: BLE001 - the library's errors, as one line naming the file
+                raise CorruptCheckpointError(
+                    f"{file}: not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})"
+                ) from e
         return handle
 
 

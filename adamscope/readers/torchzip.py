@@ -20,6 +20,7 @@ import threading
 import warnings
 import weakref
 import zipfile
+import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,8 +151,20 @@ def read_member(zf: zipfile.ZipFile, name: str, *, limit: int, source: object) -
     )
     if info.file_size > limit:
         raise too_big
-    with zf.open(info) as f:  # zipfile checks the local header's name against the directory
-        data = f.read(limit + 1)
+    try:
+        with zf.open(info) as f:  # zipfile checks the local header's name against the directory
+            data = f.read(limit + 1)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,  # zipfile: "zip file version 20.7"
+    ) as e:
+        raise CorruptCheckpointError(
+            f"{source}: zip member '{name}' cannot be read ({type(e).__name__}: {str(e)[:120]})"
+        ) from e
     if len(data) > limit:
         raise too_big
     return data

@@ -49,9 +49,25 @@ FOUND = [
     (0, "storage", [(4, 0, 2**64 - 4)]),  # a NaN step: int(nan)
     (4, "pickle", [(0, 123141, 1110)]),  # HF optimizer.pt with a non-integer param id
     (5, "pickle", [(0, 821631, 9910603678816504105)]),  # betas a float, not a pair
+    # found by fixtures/fuzz/campaign.py (structure-aware modes): library errors let through
+    (8, "raw", [(1, 548702, 6168478149656942844)]),  # safe_open: header not fully covered
+    (7, "raw", [(1, 754460, 12759478878367637175)]),  # a DCP blob that is not a zip
+    (7, "raw", [(0, 673984, 10788274384565975920), (0, 754081, 9342246812058298066)]),  # name bytes
+    (7, "zipdir", [(4, 139858, 12619707825609156576)]),  # a bad CRC-32 in a DCP blob
+    (7, "raw", [(0, 623696, 6676967310464493007)]),  # zipfile: "zip file version 20.7"
 ]
 
 
 def test_inputs_found_by_atheris(tmp_path: Path) -> None:
     for seed, mode, edits in FOUND:
         assert harness.run_case(seed, mode, edits, tmp_path / "w") != "ok"
+
+
+def test_error_messages_are_one_line() -> None:
+    """A library error quoted into a message (an UnpicklingError's text spans lines) stays one."""
+    from adamscope.errors import CorruptCheckpointError
+
+    e = CorruptCheckpointError(
+        "f.distcp: cannot unpickle (UnpicklingError: A load\n  persistent id)"
+    )
+    assert "\n" not in str(e) and "A load / persistent id" in str(e)
