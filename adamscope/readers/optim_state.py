@@ -249,12 +249,24 @@ def iter_adam_states(
         )
 
 
+_NOT_MOMENTS = frozenset({"bool"})
+
+
 def _tensor_state(
     entry: dict, group: dict, name: str, hp: HyperParams, *, source: str
 ) -> TensorState:
     m, v = entry.get("exp_avg"), entry.get("exp_avg_sq")
     if not (is_tensor_like(m) and is_tensor_like(v)):
         raise NotAdamError(f"{source}: state of '{name}' has no exp_avg/exp_avg_sq tensors")
+    for what, t in (("exp_avg", m), ("exp_avg_sq", v)):
+        dt = str(getattr(t, "dtype_name", "") or "")
+        if dt in _NOT_MOMENTS or dt.startswith(("int", "uint", "complex")):
+            # Adam's moments are floating point (or one of the quantized schemes the readers
+            # decode, which have their own dtype names): integers, booleans or complex numbers
+            # are not Adam state, and reading them as such would give numbers without meaning
+            raise NotAdamError(
+                f"{source}: '{name}' {what} is {dt}, not a floating-point Adam moment"
+            )
     if tuple(m.shape) != tuple(v.shape):
         raise CorruptCheckpointError(
             f"{source}: '{name}' exp_avg {tuple(m.shape)} and exp_avg_sq {tuple(v.shape)} differ"
