@@ -12,7 +12,8 @@ from adamscope.errors import AdamscopeError, CorruptCheckpointError, Unsupported
 
 log = logging.getLogger(__name__)
 
-# checkpoint-N, step_N, step-N, stepN, global_stepN, iter_N, `*step=N*.ckpt`, ckpt_N.pt ...
+# checkpoint-N, step_N, step-N, stepN, global_stepN, iter_N, `*step=N*.ckpt`, ckpt_N.pt ... (and
+# folders named N: see step_from_name)
 _STEP_IN_NAME = re.compile(
     r"(?:checkpoint|global_step|step|iter|iteration|ckpt)[-_=]?(\d+)", re.IGNORECASE
 )
@@ -45,7 +46,12 @@ def _broken(error: AdamscopeError) -> type:
 
 def step_from_name(path: Path) -> int | None:
     matches = _STEP_IN_NAME.findall(path.name)
-    return int(matches[-1]) if matches else None
+    if matches:
+        return int(matches[-1])
+    # Orbax's CheckpointManager names step folders by the bare number (`run/1000/default/`)
+    if path.name.isascii() and path.name.isdigit() and path.is_dir():
+        return int(path.name)
+    return None
 
 
 def discover(path: Path) -> list[Found]:

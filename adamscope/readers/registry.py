@@ -36,6 +36,7 @@ def _register_builtin() -> None:
     from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.lightning import LightningReader
     from adamscope.readers.nanogpt import NanoGPTReader
+    from adamscope.readers.orbax import OrbaxReader
     from adamscope.readers.safetensors_optim import SafetensorsOptimReader
     from adamscope.readers.torch_optim import TorchOptimReader
 
@@ -46,6 +47,7 @@ def _register_builtin() -> None:
         DeepSpeedUniversalReader,
         DCPReader,
         HFStorageReader,
+        OrbaxReader,
         NanoGPTReader,
         LightningReader,
         HFTrainerReader,
