@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +88,27 @@ def run_series(runs: list[dict[str, Any]], opt: ScoreOptions) -> dict[str, list[
     return out
 
 
+LATE = 30  # from this step on, every signal has its trailing baseline (3 periodic checks)
+
+
 def score_all(by_signal: dict[str, list[RunSeries]], opt: ScoreOptions) -> list[dict[str, Any]]:
+    """score() per signal, plus the hits among spikes starting at step >= LATE (hits_late)."""
     rows = []
     for sig in SIGNALS:
-        for r in score(by_signal[sig.name], sig.thresholds, direction=sig.direction, options=opt):
-            rows.append({"signal": sig.name, "direction": sig.direction, **r})
+        runs = by_signal[sig.name]
+        got = score(runs, sig.thresholds, direction=sig.direction, options=opt)
+        late = [replace(r, spikes=tuple(x for x in r.spikes if x[0] >= LATE)) for r in runs]
+        got_late = score(late, sig.thresholds, direction=sig.direction, options=opt)
+        for r, rl in zip(got, got_late, strict=True):
+            rows.append(
+                {
+                    "signal": sig.name,
+                    "direction": sig.direction,
+                    **r,
+                    "hits_late": rl["hits"],
+                    "spikes_late": rl["spikes"],
+                }
+            )
     return rows
 
 
@@ -122,9 +139,10 @@ def scores_md(rows: list[dict[str, Any]], opt: ScoreOptions) -> str:
     head = (
         f"Lead window {opt.lead} steps; false alarms on periodic checks (every {opt.every}), once "
         f"per {opt.refractory} steps, none in [start - {opt.lead}, end + {opt.after}] of a spike.\n\n"
-        "| signal | on when | hits / spikes | hit rate | lead median [q25, q75] | leads | "
-        "FA/1k controls | FA/1k away from spikes | FA/1k pooled |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        f"| signal | on when | hits / spikes | hit rate | hits / spikes from step {LATE} | "
+        "lead median [q25, q75] | leads | FA/1k controls | FA/1k away from spikes | "
+        "FA/1k pooled |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -136,7 +154,7 @@ def scores_md(rows: list[dict[str, Any]], opt: ScoreOptions) -> str:
         )
         lines.append(
             f"| {r['signal']} | {op} {r['threshold']:g} | {r['hits']}/{r['spikes']} | "
-            f"{_f(r['hit_rate'], 2)} | {lead} | {', '.join(map(str, r['leads'])) or '–'} | "
+            f"{_f(r['hit_rate'], 2)} | {r['hits_late']}/{r['spikes_late']} | {lead} | {', '.join(map(str, r['leads'])) or '–'} | "
             f"{_f(r['fa_per_1k_control'])} | {_f(r['fa_per_1k_away'])} | {_f(r['fa_per_1k'])} |"
         )
     return head + "\n".join(lines) + "\n"
