@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from adamscope.api import AnalyzeOptions, analyze
@@ -15,9 +16,22 @@ from adamscope.api import AnalyzeOptions, analyze
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def test_two_processes_over_gloo_equal_one_process(tmp_path: Path) -> None:
-    src = FIXTURES / "hf_trainer" / "gpt2"
-    analyze(src, options=AnalyzeOptions(out=tmp_path / "one"))
+# formats that store no betas/eps get them as flags (the values their fixture runs used)
+HP_FLAGS = ["--beta1", "0.9", "--beta2", "0.95", "--eps", "1e-8"]
+SOURCES = {
+    "hf_trainer/gpt2": [],
+    "dcp_safetensors/hf_run": HP_FLAGS,  # HuggingFaceStorageWriter per-rank files, 2 steps
+    "orbax/run": HP_FLAGS,  # Orbax + optax, 2 steps (needs tensorstore)
+}
+
+
+@pytest.mark.parametrize("rel", list(SOURCES))
+def test_two_processes_over_gloo_equal_one_process(tmp_path: Path, rel: str) -> None:
+    if rel.startswith("orbax"):
+        pytest.importorskip("tensorstore")
+    src, flags = FIXTURES / rel, SOURCES[rel]
+    hp = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8} if flags else {}
+    analyze(src, options=AnalyzeOptions(out=tmp_path / "one").updated(**hp))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -35,6 +49,7 @@ def test_two_processes_over_gloo_equal_one_process(tmp_path: Path) -> None:
         "-q",
         "--device",
         "cpu",
+        *flags,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
