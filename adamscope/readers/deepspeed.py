@@ -352,6 +352,11 @@ class DeepSpeedReader:
         for name, shape in shapes.items():
             frags, offset = [], 0
             for rank, mapping in enumerate(psm):
+                if not isinstance(mapping, dict):
+                    raise CorruptCheckpointError(
+                        f"{self.optim_files[rank]}: param_slice_mappings of a group is "
+                        f"{type(mapping).__name__}, not a name -> fragment map"
+                    )
                 if name in mapping:
                     start, count = _fragment(mapping[name])
                     frags.append(self._frag(states[rank], start, count, offset))

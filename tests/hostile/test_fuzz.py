@@ -55,6 +55,8 @@ FOUND = [
     (7, "raw", [(0, 673984, 10788274384565975920), (0, 754081, 9342246812058298066)]),  # name bytes
     (7, "zipdir", [(4, 139858, 12619707825609156576)]),  # a bad CRC-32 in a DCP blob
     (7, "raw", [(0, 623696, 6676967310464493007)]),  # zipfile: "zip file version 20.7"
+    # a DeepSpeed param_slice_mappings entry that is a class, not a dict
+    (5, "opcodes", [(1, 900618, 16056021853471619221), (2, 1012313, 13002976610629114739)]),
 ]
 
 
