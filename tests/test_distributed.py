@@ -20,6 +20,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HP_FLAGS = ["--beta1", "0.9", "--beta2", "0.95", "--eps", "1e-8"]
 SOURCES = {
     "hf_trainer/gpt2": [],
+    "olmo_core/run": [],  # OLMo-core's Checkpointer: DCP in stepN/model_and_optim/, 2 steps
     "dcp_safetensors/hf_run": HP_FLAGS,  # HuggingFaceStorageWriter per-rank files, 2 steps
     "orbax/run": HP_FLAGS,  # Orbax + optax, 2 steps (needs tensorstore)
 }

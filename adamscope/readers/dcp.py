@@ -55,7 +55,14 @@ _RECORDS = frozenset(
         "StorageMeta",
         "_MEM_FORMAT_ENCODING",
     )
-) | {"torch.distributed.checkpoint.filesystem._StorageInfo"}
+) | {
+    "torch.distributed.checkpoint.filesystem._StorageInfo",
+    # OLMo-core's writer pickles its own copy (relative_path, offset, length: as torch's)
+    "olmo_core.distributed.checkpoint.filesystem._StorageInfo",
+}
+# where trainers put the DCP folder inside a step folder: HF Trainer/accelerate under FSDP,
+# OLMo-core's trainer (`stepN/model_and_optim/` beside `train/rankR.pt`)
+_SUBFOLDERS = ("optimizer_0", "model_and_optim")
 _DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8"}
     | {"bool", "float8_e4m3fn", "float8_e5m2"}
@@ -454,12 +461,13 @@ class DCPReader:
     @classmethod
     def probe(cls, path: Path) -> bool:
         path = Path(path)
-        return is_dcp_folder(path) or is_dcp_folder(path / "optimizer_0")
+        return is_dcp_folder(path) or any(is_dcp_folder(path / s) for s in _SUBFOLDERS)
 
     def __init__(self, path: Path, *, options: ReaderOptions) -> None:
         self.path = Path(path)
         self.options = options
-        self.folder = self.path if is_dcp_folder(self.path) else self.path / "optimizer_0"
+        inner = [self.path / s for s in _SUBFOLDERS if is_dcp_folder(self.path / s)]
+        self.folder = self.path if is_dcp_folder(self.path) or not inner else inner[0]
         if not is_dcp_folder(self.folder):
             raise UnsupportedFormatError(f"{self.path}: no .metadata + *.distcp (not a DCP folder)")
         if (self.folder / "common.pt").is_file() and (self.folder / "metadata.json").is_file():
