@@ -5,7 +5,8 @@ from __future__ import annotations
 
 class AdamscopeError(Exception):
     """Base class for every error adamscope reports to a user (exit code 2). The message is
-    kept to one line: line breaks a quoted library error brings along become ' / '."""
+    kept to one line: line breaks a quoted library error brings along become spaces (as the
+    CLI prints them)."""
 
     exit_code = 2
 
@@ -13,7 +14,7 @@ class AdamscopeError(Exception):
         if args and isinstance(args[0], str) and ("\n" in args[0] or "\r" in args[0]):
             import re
 
-            args = (re.sub(r"\s*[\r\n]+\s*", " / ", args[0].strip()), *args[1:])
+            args = (re.sub(r"\s*[\r\n]+\s*", " ", args[0].strip()), *args[1:])
         super().__init__(*args)
 
 
