@@ -46,3 +46,29 @@ def test_analyze_of_every_family_leaves_the_input_untouched(tmp_path: Path) -> N
         analyze_checkpoint(Found(FIXTURES / rel, None, reader), rel=rel, options=opts)
     after = tree_hashes(FIXTURES)
     assert after == before
+
+
+# issue 16's formats: the HuggingFaceStorageWriter and Orbax families store no betas/eps
+HP_FLAGS = ("--beta1", "0.9", "--beta2", "0.95", "--eps", "1e-8")
+FORMATS_16 = {
+    "dcp_safetensors/fs_safetensors": (),
+    "dcp_safetensors/hf_run": HP_FLAGS,
+    "dcp_safetensors/hf_consolidated": HP_FLAGS,
+    "olmo_core/run": (),
+    "orbax/run": HP_FLAGS,  # tensorstore opens OCDBT read-only: no lock or cache files either
+}
+
+
+def test_safetensors_dcp_olmo_core_and_orbax_leave_the_input_untouched(tmp_path: Path) -> None:
+    import importlib.util
+
+    before = tree_hashes(FIXTURES)
+    for i, (rel, flags) in enumerate(FORMATS_16.items()):
+        if rel.startswith("orbax") and importlib.util.find_spec("tensorstore") is None:
+            continue
+        out = tmp_path / f"out{i}"
+        code, err = cli("analyze", FIXTURES / rel, "-o", out, "-q", "--device", "cpu", *flags)
+        assert code == 0, (rel, err)
+        code, err = cli("inspect", FIXTURES / rel, *flags)
+        assert code == 0, (rel, err)
+    assert tree_hashes(FIXTURES) == before
