@@ -161,7 +161,7 @@ def _looks_like(path: Path) -> bool:
             return False
     except AdamscopeError:
         return False
-    return any("exp_avg" in s for s in _state_keys(keys).values())
+    return bool(_state_keys(keys))  # any optimizer's state: a non-Adam one is named, not unknown
 
 
 class _Piece:
@@ -290,6 +290,10 @@ class HFStorageReader:
                 )
             parts, ordered = _matched(self.pieces, m_key, v_key, x_key, size, source=self.path)
             first = RawTensor(parts[0][1].file, m_key)
+            if first.dtype not in _DTYPES.values():
+                raise CorruptCheckpointError(
+                    f"{first.file}: '{m_key}' is {first.dtype}; Adam moments are floating point"
+                )
             ts = TensorState(
                 name=name,
                 shape=size,

@@ -217,3 +217,18 @@ def test_streaming_a_large_shard_keeps_memory_bounded(tmp_path: Path, kind: str)
     assert result["n"] == 4_000_000
     assert result["m_total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not the 16 MB tensor
+
+
+def test_another_optimizers_state_is_named_not_unknown(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from adamscope.errors import NotAdamError
+
+    sgd = {
+        "optimizer.state.w.momentum_buffer": torch.ones(3),
+        "optimizer.state.w.step": torch.ones(()),
+    }
+    save_file(sgd, str(tmp_path / "model-00001-of-00001.safetensors"))
+    assert registry.detect(tmp_path) is HFStorageReader
+    with pytest.raises(NotAdamError, match="holds momentum_buffer, step, no exp_avg"):
+        HFStorageReader(tmp_path, options=HP)
