@@ -2,7 +2,7 @@
 hit rate, lead times and false alarms per 1,000 steps (adamscope.forensics.signals), a figure, the
 corpus and the remedy outcomes.
 
-    python -m experiments.spike_scores /tmp/spike-corpus --csv docs/experiments/data/spike-scores.csv \\
+    python -m experiments.spike_scores /tmp/spike-corpus --csv adamscope/report/spike_scores.csv \\
         --md /tmp/spike-scores.md --png docs/experiments/img/spike-scores.png
 
 Per run: adamscope.load(OUT/<run>/mon) (every `every` steps) and adamscope.load of each

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -103,6 +104,9 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
             + _loss_recovery(run)
         )
     )
+    measured = corpus_line(level)
+    if measured:
+        v.details.append(measured)
     if any(r["layer"] == "head" for r in rows):
         v.details.append(
             "The head is flagged. In the output layer, rows of tokens that (almost) never occur get a "
@@ -116,6 +120,31 @@ def verdict(run: RunData, *, thresholds: dict[str, Any]) -> Verdict:
         v.details.append(_watch(vanishing, cks))
     v.remedies = remedies(run, rows, thresholds=thresholds)
     return v
+
+
+CORPUS = Path(__file__).with_name("spike_scores.csv")  # experiments/spike_scores.py writes it
+
+
+def corpus_line(stage: str) -> str | None:
+    """What the `stage` verdict measured on adamscope's spike corpus (docs/experiments/
+    spike-corpus.md): the share of spikes it preceded and its false alarms per 1,000 steps, from
+    the score table the corpus run wrote; None when the table has no such row."""
+    import csv
+
+    try:
+        with open(CORPUS, newline="") as f:
+            row = next((r for r in csv.DictReader(f) if r["signal"] == f"stage_{stage}"), None)
+    except (OSError, KeyError, csv.Error):
+        return None
+    if row is None:
+        return None
+    hits, spikes, fa = int(row["hits"]), int(row["spikes"]), float(row["fa_per_1k"])
+    return (
+        f"How far to trust it: on adamscope's spike corpus (docs/experiments/spike-corpus.md; "
+        f"{spikes} loss spikes of small GPTs trained on CPU, most in warm-up) the '{stage}' stage "
+        f"preceded {hits} of {spikes} spikes within 20 steps, with {fmt(fa, 2)} false alarms per "
+        f"1,000 steps. {spikes} spikes is a small sample: a rough rate, not a guarantee."
+    )
 
 
 def _loss_recovery(run: RunData) -> str:
