@@ -327,7 +327,7 @@ def _non_overlapping(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
-def _has_negative(x: Any) -> bool:
+def has_negative(x: Any) -> bool:
     """Whether a tensor holds a negative entry: its min (a SIMD reduction, ~10x cheaper than
     `(x < 0).any()`), and the elementwise test only when the min is NaN (NaN hides a negative)."""
     if not x.numel():
@@ -348,7 +348,7 @@ def _chunker(m: Any, v: Any, vmax: Any, *, name: str, source: str) -> Any:
             v_chunk = v.read(start, stop)
             # v is a moving average of squares: a negative entry means the bytes are corrupt
             # (NaN/Inf are not caught here; the engine counts them as `nonfinite`)
-            if _has_negative(v_chunk):
+            if has_negative(v_chunk):
                 raise CorruptCheckpointError(
                     f"{source}: '{name}' exp_avg_sq has negative entries (at or after element "
                     f"{start}): the file is corrupt"
