@@ -432,19 +432,10 @@ def _param_names(optimizer: Any, model: Any) -> list[str]:
     return names
 
 
-class _NoDist:
-    rank, world, is_main, active = 0, 1, True, False
-
-    def gather(self, obj: Any) -> list[Any]:
-        return [obj]
-
-
 def _dist(mode: Distributed) -> Any:
-    if mode == "off":
-        return _NoDist()
-    from adamscope.pipeline.distributed import current
+    from adamscope.pipeline.distributed import Dist, current
 
-    return current()
+    return Dist() if mode == "off" else current()
 
 
 def _local(p: Any, st: dict, d: Any, pos: int, mode: Distributed) -> tuple | None:
@@ -489,13 +480,15 @@ def _steps_before(out: Path) -> list[int]:
     """The steps a monitor already wrote into `out` (its manifest), so a restart keeps them."""
     import json
 
+    from adamscope.tables.model import live_steps
+
     try:
         m = json.loads((out / "manifest.json").read_text())
-        if m.get("source") != "monitor":
-            return []
-        return sorted({int(s) for s in m["live"]["steps"]})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError):
         return []
+    return (
+        sorted(live_steps(m) or ()) if isinstance(m, dict) and m.get("source") == "monitor" else []
+    )
 
 
 # ---- the writer --------------------------------------------------------------------------------
@@ -642,6 +635,7 @@ class _Writer:
         import polars as pl
         import torch
 
+        from adamscope.pipeline.run import conventions
         from adamscope.tables import io
 
         cfg = self.mon.cfg
@@ -660,13 +654,7 @@ class _Writer:
                 },
                 "inputs": {"path": str(self.mon.out.resolve()), "checkpoints": []},
                 "options": {**cfg.to_dict(), "tensor_histograms": self.mon.tensor_histograms},
-                "conventions": {
-                    "u": "m_hat / (sqrt(v_hat) + eps), torch order of operations"
-                    if cfg.convention == "torch"
-                    else "paper: (b1 m_hat) / (sqrt(b2 v_hat) + eps)",
-                    "r": "u with eps = 0; r = 0 where v == 0",
-                    "std": "population (ddof = 0)",
-                },
+                "conventions": conventions(cfg.convention),
                 "thresholds": asdict(cfg.thresholds),
                 "failures": [],
                 "environment": {"torch": torch.__version__, "polars": pl.__version__},

@@ -421,6 +421,17 @@ def _merge(parts: list[dict[str, pl.DataFrame] | Path]) -> dict[str, pl.DataFram
     return merged
 
 
+def conventions(convention: str) -> dict[str, str]:
+    """The manifest's words for how u, r and std were computed (analyze's and the monitor's)."""
+    return {
+        "u": "m_hat / (sqrt(v_hat) + eps), torch order of operations"
+        if convention == "torch"
+        else "paper: (b1 m_hat) / (sqrt(b2 v_hat) + eps)",
+        "r": "u with eps = 0; r = 0 where v == 0",
+        "std": "population (ddof = 0)",
+    }
+
+
 def build_manifest(
     *,
     path: Path,
@@ -450,13 +461,7 @@ def build_manifest(
             },
             "tensor_histograms": options.tensor_histograms,
         },
-        "conventions": {
-            "u": "m_hat / (sqrt(v_hat) + eps), torch order of operations"
-            if options.stats.convention == "torch"
-            else "paper: (b1 m_hat) / (sqrt(b2 v_hat) + eps)",
-            "r": "u with eps = 0; r = 0 where v == 0",
-            "std": "population (ddof = 0)",
-        },
+        "conventions": conventions(options.stats.convention),
         "thresholds": asdict(options.stats.thresholds),
         "failures": [{"path": str(p), "error": e} for p, e in failures],
         "processes": world,

@@ -168,8 +168,17 @@ def load(out: Path) -> Tables:
         raise AdamscopeError(
             f"{out}: not a folder of tables; run `adamscope analyze PATH -o {out}`"
         )
+    manifest: dict[str, Any] = {}
+    mpath = out / MANIFEST
+    if mpath.is_file():
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise AdamscopeError(f"{mpath}: not valid JSON ({e})") from e
+        if not isinstance(manifest, dict):
+            raise AdamscopeError(f"{mpath}: not a JSON object")
     frames: dict[str, pl.DataFrame | None] = {}
-    live = _live_parts(out)
+    live = _live_parts(out, live_steps(manifest))
     for name, file in FILES.items():
         path = out / file
         if not path.is_file() and live.get(name):
@@ -193,19 +202,11 @@ def load(out: Path) -> Tables:
         from adamscope.tables.rows import run_verdicts
 
         known = asdict(StageThresholds())
-        given = {k: v for k, v in _thresholds(out).items() if k in known}
+        given = manifest.get("thresholds")
+        given = {k: v for k, v in given.items() if k in known} if isinstance(given, dict) else {}
         thr = StageThresholds(**{**known, **given})
         frames["tensors"] = run_verdicts(frames["tensors"], key="tensor", thresholds=thr)  # type: ignore[arg-type]
         frames["layers"] = run_verdicts(frames["layers"], key="layer", thresholds=thr)  # type: ignore[arg-type]
-    manifest: dict[str, Any] = {}
-    mpath = out / MANIFEST
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise AdamscopeError(f"{mpath}: not valid JSON ({e})") from e
-        if not isinstance(manifest, dict):
-            raise AdamscopeError(f"{mpath}: not a JSON object")
     inputs = manifest.get("inputs", {}) if isinstance(manifest.get("inputs"), dict) else {}
     root = Path(str(inputs.get("path", out)))
     ckpts = [
@@ -228,13 +229,13 @@ def load(out: Path) -> Tables:
 LIVE = "live"  # adamscope.monitor's parts: OUT/live/<table>/*.parquet, one per flush
 
 
-def _live_parts(out: Path) -> dict[str, list[Path]]:
+def _live_parts(out: Path, done: set[int] | None) -> dict[str, list[Path]]:
     """{table: its part files in name (= step) order} of a monitored run; {} otherwise. Temporary
-    files of a flush in progress (dot-names) are not parts."""
+    files of a flush in progress (dot-names) are not parts, nor (when `done` is given: the steps
+    the manifest lists, written after all of a flush's parts) parts of an unfinished flush."""
     root = out / LIVE
     if not root.is_dir() or root.is_symlink():
         return {}
-    done = _live_steps(out)  # a flush counts once the manifest lists it (after all its parts)
     parts = {}
     for name in FILES:
         if not (root / name).is_dir():
@@ -251,12 +252,11 @@ def _part_step(p: Path) -> int | None:
     return int(stem[5:]) if stem.startswith("step-") and stem[5:].isdigit() else None
 
 
-def _live_steps(out: Path) -> set[int] | None:
+def live_steps(manifest: Any) -> set[int] | None:
+    """The steps a monitor's manifest lists as written (None: not a monitor's manifest)."""
     try:
-        m = json.loads((out / MANIFEST).read_text())
-        steps = m["live"]["steps"]
-        return {int(s) for s in steps}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {int(x) for x in manifest["live"]["steps"]}
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -271,15 +271,6 @@ def _stack(name: str, parts: list[Path]) -> pl.DataFrame:
         except Exception as e:  # noqa: BLE001 - one line naming the file
             raise AdamscopeError(f"{p}: not a readable Parquet part ({type(e).__name__})") from e
     return pl.concat(frames, how="diagonal_relaxed")
-
-
-def _thresholds(out: Path) -> dict[str, Any]:
-    try:
-        m = json.loads((out / MANIFEST).read_text())
-        thr = m.get("thresholds") if isinstance(m, dict) else None
-        return thr if isinstance(thr, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def as_tables(tables: Tables | str | os.PathLike[str]) -> Tables:
