@@ -295,11 +295,15 @@ def _tensors(reader: Any, path: Path) -> Iterator[TensorState]:
 def _guard(path: Path, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """fn(*args, **kwargs), with any failure that is not an AdamscopeError (a reader or engine bug,
     or a file broken in a way nobody foresaw: struct.error, IndexError, RecursionError,
-    MemoryError...) turned into one line naming the file, so --keep-going can go on."""
+    MemoryError...) turned into one line naming the file, so --keep-going can go on; an
+    AdamscopeError that does not name the file gets it in front."""
     try:
         return fn(*args, **kwargs)
-    except AdamscopeError:
-        raise
+    except AdamscopeError as e:
+        if str(path) in str(e):
+            raise
+        # the engine names the tensor, not the file it came from
+        raise type(e)(f"{path}: {e}") from e
     except Exception as e:  # noqa: BLE001 - re-raised as a user-facing error, traceback chained
         log.debug("%s: %s", path, what, exc_info=True)
         detail = " ".join(str(e).split())[:200]

@@ -17,7 +17,6 @@ from pathlib import Path
 from adamscope.config import ReaderOptions
 from adamscope.errors import CorruptCheckpointError, NotAdamError, UnsupportedFormatError
 from adamscope.readers import guard, safetensors_io
-from adamscope.readers.optim_state import has_negative
 from adamscope.readers.safetensors_io import read_flat
 from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
@@ -155,11 +154,6 @@ class SafetensorsOptimReader:
             b = min(a + n, numel)
             m = read_flat(f, f"{name}.m", shape, a, b)
             v = read_flat(f, f"{name}.v", shape, a, b)
-            if has_negative(v):  # a moving average of squares: negative means corrupt bytes
-                raise CorruptCheckpointError(
-                    f"{self.path}: '{name}.v' has negative entries (at or after element {a}): "
-                    "not an Adam second moment"
-                )
             yield a, m, v, None
 
 

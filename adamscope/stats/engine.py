@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adamscope.config import StatsConfig
-from adamscope.errors import AdamscopeError
-from adamscope.stats.adam import (
-    coefficients,
-)
+from adamscope.errors import AdamscopeError, CorruptCheckpointError
+from adamscope.stats.adam import coefficients, has_negative
 from adamscope.stats.folder import Folder, sample_chunk, sample_parts
 from adamscope.stats.prefetch import ChunkPrefetch, converted
 from adamscope.stats.sampler import Sampler
@@ -99,6 +97,7 @@ def summarize(ts: TensorState, cfg: StatsConfig, *, workers: int | None = None) 
     Raises:
         AdamscopeError: invalid hyper-parameters/step, or a reader that yields a different number
             of elements than the tensor's shape says.
+        CorruptCheckpointError: exp_avg_sq (or max_exp_avg_sq) with negative entries.
     """
     import torch
 
@@ -142,6 +141,13 @@ def summarize(ts: TensorState, cfg: StatsConfig, *, workers: int | None = None) 
                     raise AdamscopeError(
                         f"{ts.name}: exp_avg and exp_avg_sq pieces differ in length at element "
                         f"{start} ({n} vs {v.numel()}): the state does not add up"
+                    )
+                # a moving average of squares: negative entries are corrupt bytes, and every
+                # reader's chunks pass here (NaN/Inf are counted as `nonfinite` instead)
+                if has_negative(vd):
+                    raise CorruptCheckpointError(
+                        f"'{ts.name}' exp_avg_sq has negative entries (at or after element "
+                        f"{(base or 0) + start}): not an Adam second moment, the state is corrupt"
                     )
                 seen += n
                 bounds = [(n_blocks + j, s, s + block) for j, s in enumerate(range(0, n, block))]

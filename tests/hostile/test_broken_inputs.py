@@ -114,6 +114,42 @@ def test_negative_v_is_corrupt(tmp_path: Path, v: list[float]) -> None:
     _one_error(path, tmp_path, str(path), "exp_avg_sq has negative entries")
 
 
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_negative_v_refused_by_the_engine_whatever_the_reader(
+    tmp_path: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DCP folder (its reader does not look at values) with a negative exp_avg_sq entry deep in
+    a chunk: the engine refuses it in one line naming the folder, on both kernel paths (the torch
+    path used to crash in bincount, the numba one to count NaNs as if the state were fine)."""
+    import torch.distributed.checkpoint as dcp
+
+    if kernel == "numba":
+        from adamscope.stats import fused
+
+        if not fused.available():
+            pytest.skip("numba is not available")
+    monkeypatch.setenv("ADAMSCOPE_KERNEL", kernel)
+    p = torch.nn.Parameter(torch.randn(64, 32))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    state = opt.state_dict()
+    state["state"][0]["exp_avg_sq"].view(-1)[1500] = -1e-6
+    folder = tmp_path / "dcp"
+    dcp.save(
+        {
+            "optimizer": {
+                "state": {"w": state["state"][0]},
+                "param_groups": [{**state["param_groups"][0], "params": ["w"]}],
+            }
+        },
+        checkpoint_id=str(folder),
+    )
+    line = _one_error(folder, tmp_path, str(folder), "'w' exp_avg_sq has negative entries")
+    assert "element 1500" in line or "element 0" in line, line
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_model_shapes_that_do_not_add_up(tmp_path: Path) -> None:
     """nanoGPT: the model state_dict saved beside the optimizer no longer matches its shapes."""
     tree = torch.load(TORCH_FILES["nanogpt"], weights_only=True)

@@ -50,5 +50,5 @@ def test_the_unchanged_file_reads(tmp_path: Path) -> None:
 def test_negative_second_moments_are_corrupt(tmp_path: Path) -> None:
     d = load_file(SRC)
     path = _variant(tmp_path, **{"embed.weight.v": -d["embed.weight.v"]})
-    with pytest.raises(AdamscopeError, match="embed.weight.v' has negative entries"):
+    with pytest.raises(AdamscopeError, match="'embed.weight' exp_avg_sq has negative entries"):
         adamscope.analyze(path)
