@@ -132,6 +132,9 @@ def _number(v: Any) -> float | None:
 def _from_records(
     records: Iterable[dict[str, Any]], *, path: Path, step_key: str | None
 ) -> pl.DataFrame:
+    """Records -> the wide frame, in time linear in the number of logged values: each key's
+    numbers are gathered sparsely, so a log whose every line brings new keys costs what it holds,
+    not lines x keys (see _CELLS_MAX for what the dense frame may hold)."""
     rows = list(records)
     if not rows:  # e.g. an early save's empty log_history: nothing logged yet
         return pl.DataFrame(schema={"step": pl.Int64})
@@ -139,21 +142,38 @@ def _from_records(
     for r in rows:
         keys.update(dict.fromkeys(r))
     skey = _pick_step(list(keys), path=path, step_key=step_key)
-    cols: dict[str, list[float | None]] = {k: [] for k in keys if k != skey}
+    cells: dict[str, tuple[list[int], list[float]]] = {}
     steps: list[int | None] = []
     for i, r in enumerate(rows):
         s = _number(r.get(skey)) if skey else float(i)
         steps.append(None if s is None or not -_STEP_MAX <= s <= _STEP_MAX else int(s))
-        for k in cols:
-            cols[k].append(_number(r.get(k)))
-    numeric = {k: v for k, v in cols.items() if any(x is not None for x in v)}
-    df = pl.DataFrame(
-        {"step": steps, **numeric},
-        schema={"step": pl.Int64, **{k: pl.Float64 for k in numeric}},
-    )
+        for k, v in r.items():
+            x = _number(v) if k != skey else None
+            if x is not None:
+                at, values = cells.setdefault(k, ([], []))
+                at.append(i)
+                values.append(x)
+    n = len(rows)
+    numeric = [k for k in keys if k in cells]
+    if len(numeric) * n > _CELLS_MAX:  # keep the keys logged most often (the loss among them)
+        keep = set(sorted(numeric, key=lambda k: -len(cells[k][0]))[: max(1, _CELLS_MAX // n)])
+        log.warning(
+            "%s: %d records with %d numeric keys is more than a metrics table holds; keeping the "
+            "%d keys logged most often, dropping %d",
+            path, n, len(numeric), len(keep), len(numeric) - len(keep),
+        )  # fmt: skip
+        numeric = [k for k in numeric if k in keep]
+    columns = [pl.Series("step", steps, dtype=pl.Int64)]
+    for k in numeric:
+        at, values = cells[k]
+        col = pl.repeat(None, n, dtype=pl.Float64, eager=True).scatter(at, values)
+        columns.append(col.alias(k))
+    df = pl.DataFrame(columns)
     return df.filter(pl.col("step").is_not_null()).sort("step", maintain_order=True)
 
 
+# the most values the dense wide frame may hold (float64 and a validity bit: ~170 MB)
+_CELLS_MAX = 20_000_000
 _STEP_MAX = float(1 << 62)  # a step outside Int64 (1e30, inf, NaN) is not a step: dropped
 
 

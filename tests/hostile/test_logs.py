@@ -115,3 +115,36 @@ def test_a_named_log_that_is_hostile_is_one_line(kind: str, tmp_path: Path) -> N
         with pytest.raises(AdamscopeError) as e:
             _logs(tmp_path, AnalyzeOptions(logs=(log_file,)))
     assert str(log_file) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_log_of_ever_new_keys_is_linear_not_quadratic(tmp_path: Path) -> None:
+    """30,000 JSONL records, each with a key no other record has: lines x keys would be 9e8 cells
+    (minutes and GBs when built densely). Read in linear time; the sparse keys beyond what a
+    metrics table holds are dropped with a warning, the loss (logged on every line) is kept."""
+    run = tmp_path / "run"
+    run.mkdir()
+    n = 30_000
+    lines = (json.dumps({"step": i, "loss": 1.0 + i / n, f"junk/{i}": i}) for i in range(n))
+    (run / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with bounded(60, megabytes=600) as used:
+        frames = _logs(run, AnalyzeOptions())
+    losses = frames["losses"]
+    assert losses["step"].to_list() == list(range(n))
+    assert losses["loss"][n - 1] == pytest.approx(1.0 + (n - 1) / n)
+    assert used["peak_mb"] < 600
+
+
+def test_metrics_csv_with_a_huge_step_through_the_cli(tmp_path: Path) -> None:
+    """Lightning's metrics.csv beside a checkpoint, one row with step 1e30: that row is dropped,
+    the analysis and its losses table are whole."""
+    import polars as pl
+
+    run = _run_folder(tmp_path)
+    (run / "metrics.csv").write_text("step,train_loss\n1e30,5.0\n3,4.0\n9,3.5\n")
+    with bounded(120):
+        rc, err = cli("analyze", run, "-o", tmp_path / "out", "-q")
+    assert rc == 0, err
+    assert not error_lines(err)
+    losses = pl.read_parquet(tmp_path / "out" / "losses.parquet")
+    assert 3 in losses["step"].to_list() and 9 in losses["step"].to_list()
+    assert losses["step"].max() < 1 << 62
