@@ -193,6 +193,7 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
         storage[(index.get("fqn"), offsets)] = info
     planner = md.get("planner_data") or {}
     entries = {}
+    files: dict[str, Path] = {}  # relative_path -> checked path: a few files for a million chunks
     for key, meta in md.get("state_dict_metadata").items():
         path = tuple(planner.get(key, ())) or tuple(key.split("."))
         chunks = []
@@ -211,7 +212,7 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
                 _Chunk(
                     offsets=offsets or (),
                     sizes=() if c is None else _ints(c.get("sizes"), source=source, what="sizes"),
-                    file=child_path(folder, str(info.get("relative_path")), source=source),
+                    file=_file(files, folder, str(info.get("relative_path")), source),
                     byte_offset=guard.finite_int(
                         info.get("offset"), source=source, what=f"byte offset of '{key}'"
                     ),
@@ -224,6 +225,10 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
         dtype, size = None, None
         if raw_chunks is not None:
             props = meta.get("properties")
+            if not isinstance(props, _Record):
+                raise CorruptCheckpointError(
+                    f"{source}: '{key}' has no tensor properties (dtype) but {type(props).__name__}"
+                )
             # TensorProperties pickles as a tuple (dtype, layout, ...) in recent torch, else a dict
             dtype = props.state[0] if isinstance(props.state, tuple) else props.get("dtype")
             size = _ints(meta.get("size"), source=source, what=f"size of '{key}'")
@@ -231,11 +236,24 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
     return entries
 
 
+def _file(files: dict[str, Path], folder: Path, rel: str, source: Path) -> Path:
+    """A chunk's file, resolved and checked to lie inside the folder once per name."""
+    path = files.get(rel)
+    if path is None:
+        path = files[rel] = child_path(folder, rel, source=source)
+    return path
+
+
 def _ints(x: Any, *, source: Path, what: str) -> tuple[int, ...]:
     """A list of non-negative integers read from the metadata (offsets, sizes)."""
     if not isinstance(x, tuple | list):
         raise CorruptCheckpointError(f"{source}: {what} is a {type(x).__name__}, not integers")
+    if all(type(v) is int and 0 <= v <= _INT_MAX for v in x):  # as torch writes them: fast
+        return tuple(x)
     return tuple(guard.finite_int(v, source=source, what=what) for v in x)
+
+
+_INT_MAX = 1 << 62  # guard.finite_int's bound
 
 
 def _check_files(entries: dict[str, _Entry]) -> None:
@@ -378,12 +396,21 @@ def chunk_tensor(chunk: _Chunk) -> Any:
     """The lazy tensor of one chunk (`numel`, `read(start, stop)`), whichever serialization."""
     _check_span(chunk)
     if _is_torch_blob(chunk):
-        return _BlobTensor(chunk)
-    from adamscope.readers.dcp_safetensors import RawTensor
+        t: Any = _BlobTensor(chunk)
+    else:
+        from adamscope.readers.dcp_safetensors import RawTensor
 
-    return RawTensor(
-        chunk.file, chunk.key, base=chunk.byte_offset, sizes=chunk.sizes, offsets=chunk.offsets
-    )
+        t = RawTensor(
+            chunk.file, chunk.key, base=chunk.byte_offset, sizes=chunk.sizes, offsets=chunk.offsets
+        )
+    # the metadata's chunk and the tensor stored for it must agree, or the pieces would be read
+    # at the wrong places (or past what the blob holds)
+    if t.numel != math.prod(chunk.sizes):
+        raise CorruptCheckpointError(
+            f"{chunk.file}: the tensor at byte {chunk.byte_offset} holds {t.numel} elements where "
+            f"the metadata's chunk of '{chunk.key}' has {math.prod(chunk.sizes)} {list(chunk.sizes)}"
+        )
+    return t
 
 
 def load_small(chunk: _Chunk) -> Any:
