@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adamscope.errors import AdamscopeError, CorruptCheckpointError, UnsupportedFormatError
+from adamscope.readers.guard import brief
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def _dangling(p: Path) -> str | None:
 
         if e.errno == errno.ELOOP:
             return "a symlink loop"
-        return f"a broken symlink (to {os.readlink(p)!r:.200})"
+        return f"a broken symlink (to {brief(os.readlink(p), 200)})"
 
 
 def _readable(paths: list[Path], *, warn: bool = False) -> list[Found]:

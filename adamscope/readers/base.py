@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from adamscope.config import ReaderOptions
+from adamscope.readers.guard import brief
 from adamscope.vocab import CheckpointInfo, ChunkFn, HyperParams, TensorState
 
 __all__ = [
@@ -32,7 +33,7 @@ def child_path(folder: Path, name: str, *, source: Path) -> Path:
 
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise CorruptCheckpointError(
-            f"{source}: refers to {name!r}, which is not a file name in {folder}"
+            f"{source}: refers to {brief(name, 200)}, which is not a file name in {folder}"
         )
     return inside(folder, folder / name, source=source)
 

@@ -102,7 +102,7 @@ def _fragment(x: Any) -> tuple[int, int]:
     args = getattr(x, "args", None) or (tuple(x) if isinstance(x, tuple) else ())
     if len(args) == 2:
         return int(args[1]), int(args[0])  # namedtuple fragment_address(numel, start)
-    raise CorruptCheckpointError(f"unrecognised fragment_address {x!r:.80}")
+    raise CorruptCheckpointError(f"unrecognised fragment_address {guard.brief(x)}")
 
 
 def _shapes(model_sd: Any, *, source: Path) -> list[OrderedDict[str, tuple[int, ...]]]:

@@ -142,11 +142,30 @@ def finite_int(value: Any, *, source: Path | str, what: str, lo: int = 0, hi: in
         raise CorruptCheckpointError(f"{source}: {what} is {_short(value)}, not an integer")
     if isinstance(x, float):
         if not (x == x and abs(x) != float("inf")) or x != int(x):
-            raise CorruptCheckpointError(f"{source}: {what} is {x!r}, not an integer")
+            raise CorruptCheckpointError(f"{source}: {what} is {brief(x)}, not an integer")
         x = int(x)
     if not lo <= x <= hi:
-        raise CorruptCheckpointError(f"{source}: {what} is {x}, outside [{lo}, {hi}]")
+        raise CorruptCheckpointError(f"{source}: {what} is {brief(x)}, outside [{lo}, {hi}]")
     return x
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """The repr of an untrusted value, cut to `limit` characters, built in bounded time: at most a
+    few levels and items are visited (a pickle's shared references can make a tiny file's value
+    expand past memory when walked whole, and `f"{x!r:.80}"` builds the whole repr first)."""
+    import reprlib
+
+    if isinstance(value, int) and value.bit_length() > 4096:  # str() refuses past 4,300 digits
+        return f"an integer of {value.bit_length()} bits"
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset = 3, 6, 6, 4, 4
+    r.maxfrozenset, r.maxdeque, r.maxarray = 4, 4, 4
+    r.maxstring, r.maxother, r.maxlong = limit, limit, 40
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - a stub's or a hostile object's repr: describe its type
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short(value: Any) -> str:

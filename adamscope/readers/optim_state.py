@@ -21,6 +21,7 @@ from adamscope.errors import (
     NotAdamError,
     UnsupportedFormatError,
 )
+from adamscope.readers.guard import brief
 from adamscope.readers.naming import (
     align_names,
     is_tensor_like,
@@ -182,7 +183,9 @@ def hyper_params(group: dict, *, source: str, options: ReaderOptions | None = No
             f"{source}: param group without betas/eps; pass --beta1/--beta2/--eps"
         )
     if not isinstance(betas, list | tuple) or len(betas) != 2:
-        raise CorruptCheckpointError(f"{source}: param group betas is {betas!r:.40}, not a pair")
+        raise CorruptCheckpointError(
+            f"{source}: param group betas is {brief(betas, 40)}, not a pair"
+        )
     b1, b2 = (_number(b, what="betas", source=source) for b in betas)
     lr = group.get("lr")
     wd = group.get("weight_decay")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adamscope.errors import UnsafePickleError, UnsupportedFormatError
+from adamscope.readers.guard import brief
 from adamscope.readers.quantized import TORCHAO_STATES
 
 # torch's legacy typed-storage classes, by the name they are pickled under, and their dtype names.
@@ -137,7 +138,7 @@ class Stub(dict):
         return dict(state) if isinstance(state, dict) else {}
 
     def __repr__(self) -> str:
-        return f"Stub({self.qualname}, args={self.args!r}, state={self.state!r})"
+        return f"Stub({brief(self.qualname)}, args={brief(self.args)}, state={brief(self.state)})"
 
     def __reduce__(self) -> Any:  # Stubs are data holders; never re-pickle them as the original
         raise TypeError("adamscope Stub objects cannot be pickled")
@@ -209,7 +210,7 @@ def _get_layout(name: Any) -> str:
     # torch.serialization._get_layout('torch.strided'): the only layout a wrapper subclass of
     # optimizer state has; the string is kept, nothing is looked up
     if name != "torch.strided":
-        raise pickle.UnpicklingError(f"tensor layout {name!r:.40}")
+        raise pickle.UnpicklingError(f"tensor layout {brief(name, 40)}")
     return name
 
 
@@ -229,7 +230,7 @@ class _NumpyDType:
 
         dt = np.dtype(self.kind)
         if dt.kind not in "biufc?":  # plain numbers only: no object or structured dtypes
-            raise pickle.UnpicklingError(f"numpy scalar of dtype {self.kind!r:.20}")
+            raise pickle.UnpicklingError(f"numpy scalar of dtype {brief(self.kind, 20)}")
         return dt.newbyteorder(self.byteorder) if self.byteorder in "<>" else dt
 
 
@@ -360,7 +361,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     # --- pickle hooks -------------------------------------------------------------------------
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unexpected persistent id {brief(pid)}")
         storage_type, key, location, size = pid[1], pid[2], pid[3], pid[4]
         if not isinstance(storage_type, _StorageType):
             raise pickle.UnpicklingError("persistent id without a storage type")
@@ -450,7 +451,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 def _dtype_name(dtype: Any) -> str:
     name = str(dtype).removeprefix("torch.")
     if name not in DTYPE_NAMES:
-        raise pickle.UnpicklingError(f"unexpected dtype {dtype!r:.40}")
+        raise pickle.UnpicklingError(f"unexpected dtype {brief(dtype, 40)}")
     return name
 
 

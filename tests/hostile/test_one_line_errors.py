@@ -140,3 +140,23 @@ def test_dcp_offsets_that_are_not_integers(bad: object, tmp_path: Path, monkeypa
     assert rc == 2, err
     (line,) = error_lines(err)
     assert ".metadata" in line and "byte offset" in line, line
+
+
+def test_brief_describes_untrusted_values_in_bounded_time() -> None:
+    """What error messages quote of a file's values: a DAG of 2**60 nodes through shared
+    references, an integer of 300,000 digits (str() of it raises past 4,300), a string of a
+    million characters and a stub whose repr would walk its state are each a short line, at once."""
+    import time
+
+    from adamscope.readers.guard import brief
+    from adamscope.readers.unpickler import Stub
+
+    dag: list = []
+    for _ in range(60):
+        dag = [dag, dag]
+    t0 = time.perf_counter()
+    texts = [brief(dag), brief(10**300_000), brief("x" * 10**6, 40), repr(Stub("m.C", (dag,)))]
+    assert time.perf_counter() - t0 < 1.0
+    assert all(len(t) <= 200 for t in texts), texts
+    assert texts[1] == "an integer of 996579 bits"
+    assert brief((0.9, 0.95)) == "(0.9, 0.95)"
