@@ -45,7 +45,8 @@ def analyze(
             `out=` (also write the tables there; default: memory only), `resume=`, `keep_going=`,
             `dip_sample=`, `convention=`, `device=`, `model=`, `suppression=`, ... (every field
             of AnalyzeOptions, StatsConfig, StageThresholds and ReaderOptions).
-        progress: receives `checkpoint(i, n, path)` and `tensor(name, numel)` calls.
+        progress: receives `checkpoint(i, n, path)` and `tensor(name, numel)` calls, and
+            `elements(n)` as each chunk is read when it has that method (from a reading thread).
 
     Returns:
         The tables (polars DataFrames) and the manifest. Under torch.distributed only rank 0

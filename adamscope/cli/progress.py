@@ -8,13 +8,15 @@ from typing import Any
 
 
 class RichProgress:
-    """Two bars: checkpoints of the run, and elements streamed in the current checkpoint."""
+    """Two bars: checkpoints of the run, and the tensors of the current checkpoint, whose count
+    of elements read moves with every chunk (a tensor of billions of elements takes minutes)."""
 
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress: Any = None
         self._ckpt: Any = None
         self._elems: Any = None
+        self._tensors, self._read, self._name = 0, 0, ""
 
     def __enter__(self) -> RichProgress:
         if self.enabled:
@@ -56,7 +58,20 @@ class RichProgress:
             self._elems = self._progress.add_task("tensors", total=None)
         self._progress.update(self._ckpt, completed=index, description=f"checkpoint {path.name}")
         self._progress.reset(self._elems, total=None, description="  tensors")
+        self._tensors, self._read = 0, 0
 
     def tensor(self, name: str, numel: int) -> None:
         if self._progress is not None and self._elems is not None:
-            self._progress.update(self._elems, advance=1, description=f"  {name[-40:]}")
+            self._tensors += 1
+            self._progress.update(self._elems, description=self._text(name))
+
+    def elements(self, n: int) -> None:
+        """Called from the reading thread per chunk; rich's updates take its lock."""
+        if self._progress is not None and self._elems is not None:
+            self._read += n
+            self._progress.update(self._elems, completed=self._read, description=self._text())
+
+    def _text(self, name: str | None = None) -> str:
+        if name is not None:
+            self._name = name[-40:]
+        return f"  {self._tensors} tensors, {self._name}"

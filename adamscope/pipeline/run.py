@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,24 @@ class Progress(Protocol):
     def checkpoint(self, index: int, total: int, path: Path) -> None: ...
 
     def tensor(self, name: str, numel: int) -> None: ...
+
+
+def _counted(ts: Any, progress: Any) -> Any:
+    """`ts` whose chunks report their elements to `progress.elements(n)` as they are read, when
+    the progress has that method: a tensor of billions of elements is minutes of reading, and a
+    bar that moves only between tensors would look hung."""
+    elements = getattr(progress, "elements", None)
+    if elements is None:
+        return ts
+    inner = ts.chunks
+
+    def chunks(n: int) -> Any:
+        for item in inner(n):
+            m = item[1]
+            elements(m.numel() if callable(getattr(m, "numel", None)) else len(m))
+            yield item
+
+    return replace(ts, chunks=chunks)
 
 
 def run(path: Path, *, options: AnalyzeOptions, progress: Progress | None = None) -> Tables | None:
@@ -165,6 +183,8 @@ def analyze_checkpoint(
         with cpu_workers(), states:  # torch single-threaded; the engine's worker threads instead
             for i, ts in enumerate(states):
                 if d.mine(i):
+                    if progress:
+                        ts = _counted(ts, progress)
                     sk = _guard(found.path, f"'{ts.name}': cannot summarise", summarize, ts, cfg)
                     if progress:
                         progress.tensor(ts.name, ts.numel if ts.piece is None else ts.piece[1])
