@@ -95,18 +95,42 @@ class Overran(BaseException):
     """A bounded block ran past its time limit (BaseException: no `except Exception` eats it)."""
 
 
+# The issue's rule: no hostile input takes a process past 2 GB resident. A fresh `adamscope` with
+# torch imported holds ~0.4 GB, so a block may add 1.5 GB to what the test process already holds.
+RSS_GROWTH_MB = 1500
+
+
+def _peak_rss_mb(reset: bool = False) -> float | None:
+    """The process's peak resident set (VmHWM, native allocations included: torch, numpy, polars'
+    Rust heap), after resetting it when `reset` (Linux: "5" > /proc/self/clear_refs); None where
+    that is not possible."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def bounded(seconds: float, *, megabytes: float | None = None) -> Iterator[dict[str, float]]:
     """Runs the block under a wall-clock limit (SIGALRM; a blocked open() or read() is
-    interrupted too) and, with `megabytes`, checks the peak Python heap it allocated
+    interrupted too) and checks how far the process's peak resident memory (VmHWM, reset at the
+    start) rose during it against RSS_GROWTH_MB; with `megabytes`, also the peak Python heap it allocated
     (tracemalloc: bytes, JSON objects, pickle values; numpy buffers included). Yields a dict that
-    holds `seconds` and `peak_mb` once the block is done; set ADAMSCOPE_HOSTILE_LOG=FILE to append
-    them there as JSON lines (the numbers of docs/security.md)."""
+    holds `seconds`, `peak_rss_mb`, `rss_growth_mb` and `peak_mb` once the block is done; set
+    ADAMSCOPE_HOSTILE_LOG=FILE to append them there as JSON lines (the numbers of
+    docs/security.md)."""
 
     def alarm(*_: object) -> None:
         raise Overran(f"ran past {seconds} s")
 
     measured: dict[str, float] = {}
+    start_rss = _peak_rss_mb(reset=True)  # after the reset: the resident set now
+    rss = start_rss is not None
     old = signal.signal(signal.SIGALRM, alarm)
     if megabytes is not None:
         tracemalloc.start()
@@ -118,10 +142,16 @@ def bounded(seconds: float, *, megabytes: float | None = None) -> Iterator[dict[
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         measured["seconds"] = time.perf_counter() - t0
+        if rss:
+            measured["peak_rss_mb"] = _peak_rss_mb() or 0.0
+            measured["rss_growth_mb"] = measured["peak_rss_mb"] - (start_rss or 0.0)
         if megabytes is not None:
             measured["peak_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
             tracemalloc.stop()
         _record(measured)
+    if rss:
+        grew = measured["rss_growth_mb"]
+        assert grew < RSS_GROWTH_MB, f"resident memory grew by {grew:.0f} MB"
     if megabytes is not None:
         assert measured["peak_mb"] < megabytes, f"peak {measured['peak_mb']:.0f} MB"
 
