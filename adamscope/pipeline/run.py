@@ -41,6 +41,20 @@ class Progress(Protocol):
     def tensor(self, name: str, numel: int) -> None: ...
 
 
+def _reads_for(device: str) -> Any:
+    """Reads into page-locked memory when the reductions run on a GPU (see buffers.pinned_reads)."""
+    import contextlib
+
+    from adamscope.readers import buffers
+    from adamscope.stats.engine import resolve_device
+
+    return (
+        buffers.pinned_reads()
+        if resolve_device(device).type == "cuda"
+        else contextlib.nullcontext()
+    )
+
+
 def _counted(ts: Any, progress: Any) -> Any:
     """`ts` whose chunks report their elements to `progress.elements(n)` as they are read, when
     the progress has that method: a tensor of billions of elements is minutes of reading, and a
@@ -172,7 +186,9 @@ def analyze_checkpoint(
     batch: list[tuple[int, TensorMeta, Any]] = []
     every = 4 * d.world  # tensors between two gathers: bounds rank 0's memory
     error: AdamscopeError | None = None
+    pinned = _reads_for(cfg.device)
     try:
+        pinned.__enter__()  # before the read-ahead thread starts reading
         reader = _guard(found.path, "cannot open", found.reader, found.path, options=options.reader)
         states = TensorPrefetch(  # the next tensor is read while this one is summarised
             _tensors(reader, found.path),
@@ -204,6 +220,7 @@ def analyze_checkpoint(
         error = e
     finally:
         acc.close()
+        pinned.__exit__(None, None, None)
     if d.active:
         _exchange(d, acc, batch, error, final=True)
     elif error is not None:

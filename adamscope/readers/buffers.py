@@ -11,9 +11,11 @@ keeps is never overwritten. Memory: at most `_MAX_BUFFERS` buffers of the larges
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,12 +27,33 @@ _MIN_BYTES = 1 << 20  # smaller reads: plain allocations (malloc handles them we
 _MAX_BUFFERS = 12  # chunks in flight: prefetch queues, the chunk being reduced, read-ahead
 _lock = threading.Lock()
 _pool: list[np.ndarray] = []
+_pinned = 0  # > 0 within `pinned_reads()`: reads land in page-locked memory
+
+
+@contextlib.contextmanager
+def pinned_reads() -> Iterator[None]:
+    """Within: `empty` (so every positional read) allocates page-locked host memory, from
+    torch's caching host allocator rather than this pool. A chunk then goes to the GPU in one
+    asynchronous DMA straight from the bytes read (`pin_memory()` of a pinned tensor is the tensor
+    itself): no staging copy. The caching allocator, not a refcount, decides when a block may be
+    reused: it waits for the copies recorded on it, so a block is never overwritten mid-copy."""
+    global _pinned
+    with _lock:
+        _pinned += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _pinned -= 1
 
 
 def empty(n: int, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised 1-D CPU tensor of n elements, from the pool when it is large."""
+    """An uninitialised 1-D CPU tensor of n elements, from the pool when it is large (pinned
+    within `pinned_reads()`)."""
     import torch
 
+    if _pinned:
+        return torch.empty(n, dtype=dtype, pin_memory=True)
     itemsize = torch.empty((), dtype=dtype).element_size()
     nbytes = n * itemsize
     if nbytes < _MIN_BYTES:
