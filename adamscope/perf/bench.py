@@ -182,13 +182,20 @@ def _floor(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
     n = StatsConfig().chunk_elems
     total = torch.zeros((), device=dev)
     nbytes = 0
-    for ts in NanoGPTReader(path, options=ReaderOptions()).iter_tensors():
-        for _, m, v, _ in ts.chunks(n):
-            nbytes += m.numel() * m.element_size() + v.numel() * v.element_size()
-            if dev.type == "cuda":
-                m = m.pin_memory().to(dev, non_blocking=True)
-                v = v.pin_memory().to(dev, non_blocking=True)
-            total += m.sum() + v.sum()  # float32 sums: the floor is the read
+    import contextlib
+
+    from adamscope.readers import buffers
+
+    # on a GPU, reads into page-locked memory and one DMA per tensor chunk, as analyze reads
+    pinned = buffers.pinned_reads() if dev.type == "cuda" else contextlib.nullcontext()
+    with pinned:
+        for ts in NanoGPTReader(path, options=ReaderOptions()).iter_tensors():
+            for _, m, v, _ in ts.chunks(n):
+                nbytes += m.numel() * m.element_size() + v.numel() * v.element_size()
+                if dev.type == "cuda":
+                    m = m.pin_memory().to(dev, non_blocking=True)
+                    v = v.pin_memory().to(dev, non_blocking=True)
+                total += m.sum() + v.sum()  # float32 sums: the floor is the read
     float(total)  # the sync
     return nbytes
 
