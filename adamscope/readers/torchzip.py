@@ -9,6 +9,7 @@ bounded by what the caller asks for.
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import logging
@@ -151,6 +152,11 @@ def read_member(zf: zipfile.ZipFile, name: str, *, limit: int, source: object) -
     )
     if info.file_size > limit:
         raise too_big
+    if info.CRC == 0 and info.file_size:
+        # torch writes CRC 0 when saving with `compute_crc32=False` (torch.utils.serialization
+        # .config.save, for speed): nothing to check, and zipfile would call it a bad CRC-32
+        info = copy.copy(info)
+        del info.CRC  # zipfile checks a member's CRC only when its ZipInfo has one
     try:
         with zf.open(info) as f:  # zipfile checks the local header's name against the directory
             data = f.read(limit + 1)

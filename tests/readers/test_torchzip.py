@@ -138,3 +138,52 @@ def test_streaming_a_200mb_tensor_keeps_memory_bounded(tmp_path: Path) -> None:
     # ru_maxrss is in KiB on Linux: growth must stay a few chunks (4 MiB each), not 200 MiB
     assert result["growth_kb"] < 32 * 1024, result
     assert result["seconds"] < 20, result  # ~0.8 s on an idle 2-core machine
+
+
+def _adam_state() -> tuple[dict, torch.Tensor]:
+    p = torch.nn.Parameter(torch.randn(16, 8, generator=torch.Generator().manual_seed(3)))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    p.grad = torch.randn(16, 8, generator=torch.Generator().manual_seed(4))
+    opt.step()
+    return opt.state_dict(), opt.state[p]["exp_avg"].clone()
+
+
+def test_a_file_saved_without_crc32_reads_like_one_with(tmp_path: Path) -> None:
+    """torch.save with `compute_crc32=False` (a speed option of torch's serialization config)
+    writes CRC 0 for every member; it was refused as a bad CRC-32. Its tensors read exactly."""
+    from torch.utils.serialization import config
+
+    sd, exp_avg = _adam_state()
+    before = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        torch.save(sd, tmp_path / "nocrc.pt")
+    finally:
+        config.save.compute_crc32 = before
+    import zipfile
+
+    assert {i.CRC for i in zipfile.ZipFile(tmp_path / "nocrc.pt").infolist()} == {0}
+    tree = load_lazy(tmp_path / "nocrc.pt")
+    m = tree["state"][0]["exp_avg"]
+    assert torch.equal(m.read(0, m.numel).reshape(m.shape), exp_avg)
+
+
+def test_a_data_pkl_whose_crc32_fails_is_refused(tmp_path: Path) -> None:
+    """One byte of a float inside data.pkl changed: the pickle still loads, with another lr.
+    The member's CRC-32 (torch computes it by default) tells, and the file is refused."""
+    import zipfile
+
+    from adamscope.errors import CorruptCheckpointError
+
+    sd, _ = _adam_state()
+    path = tmp_path / "opt.pt"
+    torch.save(sd, path)
+    info = next(i for i in zipfile.ZipFile(path).infolist() if i.filename.endswith("data.pkl"))
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    pkl = raw[start : start + info.file_size]
+    at = pkl.index(b"G")  # the first BINFLOAT: its last mantissa byte
+    raw[start + at + 8] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="Bad CRC-32"):
+        load_lazy(path)
