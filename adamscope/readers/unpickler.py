@@ -561,5 +561,13 @@ def check_pickle(data: bytes, *, source: object) -> None:
                     step(op, arg, pos)
                 except (IndexError, KeyError, ValueError):
                     simulating = False  # an inconsistent stream: the unpickler will say so
-    except ValueError:  # not an opcode: the unpickler says what is wrong
-        return
+    except ValueError as e:
+        # a length that runs past the data (BINBYTES8, BYTEARRAY8, BINUNICODE8 of 2**55 bytes):
+        # the C unpickler would try to allocate it first (a MemoryError, and CPython prints a
+        # stray "deallocated bytearray" SystemError on the way out)
+        if "but only" in str(e):
+            raise CorruptCheckpointError(
+                f"{source}: the pickle is truncated, or an opcode claims more bytes than it "
+                f"holds ({brief(str(e), 100)}); refused before unpickling"
+            ) from None
+        return  # another malformed opcode: the unpickler says what is wrong

@@ -52,7 +52,8 @@ def test_truncated_pickle_inside_a_whole_zip(family: str, tmp_path: Path) -> Non
     path, target = place(family, tmp_path)
     pkl = zip_entry(target, "data.pkl")
     rezip(TORCH_FILES[family], target, replace={"data.pkl": pkl[: len(pkl) // 2]})
-    _one_error(path, tmp_path, str(target), "cannot unpickle data.pkl")
+    line = _one_error(path, tmp_path, str(target), "data.pkl")
+    assert "cannot unpickle data.pkl" in line or "the pickle is truncated" in line, line
 
 
 @pytest.mark.parametrize("family", sorted(TORCH_FILES))

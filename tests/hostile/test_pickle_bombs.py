@@ -184,3 +184,20 @@ def test_central_directory_pointing_at_another_member(tmp_path: Path) -> None:
 def test_check_pickle_names_the_source() -> None:
     with pytest.raises(CorruptCheckpointError, match="^here: expands"):
         check_pickle(pickle.dumps(_laughs(), protocol=2), source="here")
+
+
+@pytest.mark.parametrize("opcode", [b"\x96", b"\x8e", b"\x8d"])  # BYTEARRAY8 BINBYTES8 BINUNICODE8
+def test_a_length_past_the_pickle_is_refused_before_unpickling(
+    opcode: bytes, tmp_path: Path
+) -> None:
+    """A protocol-5 length of 2**55 bytes in a data.pkl of a few bytes (found by the fuzz campaign
+    in a DeepSpeed rank file): the C unpickler would try to allocate it (a MemoryError, and
+    CPython printed a stray 'SystemError: deallocated bytearray' line to stderr)."""
+    pkl = b"\x80\x05" + opcode + struct.pack("<Q", 1 << 55) + b"abc."
+    path = rezip(FIXTURE, tmp_path / "opt.pt", replace={"data.pkl": pkl})
+    with bounded(20, megabytes=100):
+        rc, err = cli("analyze", path, "-o", tmp_path / "out", "-q")
+    assert rc == 2, err
+    assert "SystemError" not in err, err
+    (line,) = error_lines(err)
+    assert str(path) in line and "an opcode claims more bytes than it holds" in line, line
