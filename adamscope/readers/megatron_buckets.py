@@ -1,0 +1,245 @@
+"""Megatron-core torch_dist `dp_reshardable` optimizer state: flat per-bucket tensors, one set per
+tensor-parallel rank (`optimizer.distributed.dp_group_idx_<k>`), named through megatron_layout.
+
+Each bucket key (`...gbuf_idx_<g>.dtype_(<param dtype>, <grad dtype>).bucket_idx_<b>.<state>`)
+is a DCP tensor of the bucket's `numel_unpadded` elements, saved as one chunk per parameter and
+padding per DP rank; `per_bucket_numel_unpadded` and `optimizer` (the param_groups with `step`)
+are pickled objects of the same group. With pipeline parallel 1 the group index is the tensor-
+parallel rank (megatron-core's optimizer setup passes the model-parallel rank).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamscope.errors import CorruptCheckpointError, NamingError, UnsupportedFormatError
+from adamscope.readers import dcp
+from adamscope.readers import megatron_layout as ml
+from adamscope.vocab import TensorState
+
+if TYPE_CHECKING:
+    from adamscope.readers.megatron import MegatronDistReader, _Param
+
+
+class _Flat:
+    """A 1-D DCP tensor read by element ranges across its chunks."""
+
+    def __init__(self, entry: dcp._Entry, *, source: Path) -> None:
+        self.chunks = sorted(entry.chunks, key=lambda c: c.offsets)
+        self.starts = [c.offsets[0] for c in self.chunks]
+        position = 0
+        for c in self.chunks:
+            if len(c.offsets) != 1 or c.offsets[0] != position:
+                raise CorruptCheckpointError(
+                    f"{source}: chunks of '{entry.key}' do not tile it (a gap or an overlap at "
+                    f"element {position})"
+                )
+            position += c.sizes[0]
+        if (entry.size or (0,))[0] != position:
+            raise CorruptCheckpointError(f"{source}: chunks of '{entry.key}' cover {position}")
+        self.numel = position
+        self._open: dict[int, Any] = {}
+
+    def read(self, a: int, b: int) -> Any:
+        import torch
+
+        out, i = [], bisect.bisect_right(self.starts, a) - 1
+        while a < b:
+            lo = self.starts[i]
+            hi = lo + self.chunks[i].sizes[0]
+            if i not in self._open:
+                self._open[i] = dcp.chunk_tensor(self.chunks[i])
+            take = min(b, hi)
+            out.append(self._open[i].read(a - lo, take - lo))
+            a, i = take, i + 1
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+class _Coalesced:
+    """Several buckets' tensors as one, bucket after bucket (a slot never spans two)."""
+
+    def __init__(self, flats: list[_Flat]) -> None:
+        self.flats = flats
+        self.bases = [sum(f.numel for f in flats[:i]) for i in range(len(flats))]
+
+    def read(self, a: int, b: int) -> Any:
+        i = bisect.bisect_right(self.bases, a) - 1
+        return self.flats[i].read(a - self.bases[i], b - self.bases[i])
+
+
+def _by_group(reader: MegatronDistReader) -> dict[int, dict[str, Any]]:
+    """group index -> {"buckets": {(gbuf, param dtype): {bucket: {state: entry}}}, objects}."""
+    from adamscope.readers.megatron import _BUCKET, _OBJECT
+
+    groups: dict[int, dict[str, Any]] = {}
+    for key, entry in reader.entries.items():
+        if m := _BUCKET.match(key):
+            k, gbuf, pdtype, _, bucket, state = m.groups()
+            g = groups.setdefault(int(k), {"buckets": {}, "objects": {}})
+            by_bucket = g["buckets"].setdefault((int(gbuf), pdtype), {})
+            by_bucket.setdefault(int(bucket), {})[state] = entry
+        elif m := _OBJECT.match(key):
+            g = groups.setdefault(int(m[1]), {"buckets": {}, "objects": {}})
+            g["objects"][m[2]] = entry
+    if not groups or sorted(groups) != list(range(len(groups))):
+        raise CorruptCheckpointError(
+            f"{reader.folder}: dp_reshardable optimizer groups {sorted(groups)} (expected 0..N-1)"
+        )
+    return groups
+
+
+def _order(reader: MegatronDistReader) -> list[_Param]:
+    """Registration order: the model keys' order in .metadata, or `--model`'s names list."""
+    if reader.options.model is None:
+        return reader.params
+    from adamscope.readers import guard
+
+    source = Path(reader.options.model)
+    text = guard.bounded_read(source, limit=64 << 20, what="--model names list")
+    try:
+        names = [n.strip() for n in text.decode().splitlines() if n.strip()]
+    except UnicodeDecodeError:
+        raise NamingError(
+            f"{source}: not a text file; for a Megatron checkpoint --model is a list of the "
+            "parameter names in registration order, one per line"
+        ) from None
+    by_name = {p.name: p for p in reader.params}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise NamingError(
+            f"{source}: {len(unknown)} names are not parameters of {reader.folder} "
+            f"(first: '{unknown[0]}'); names look like '{reader.params[0].name}'"
+        )
+    return [by_name[n] for n in names]
+
+
+def _slots(
+    reader: MegatronDistReader, k: int, group: dict[str, Any], tp: int
+) -> dict[str, tuple[_Coalesced, _Coalesced, ml.Slot]]:
+    """name -> (m, v, slot) of every parameter in tensor-parallel rank k's buffers."""
+    source = f"{reader.folder} (dp_group_idx_{k})"
+    unpadded = ml_list(group["objects"].get("per_bucket_numel_unpadded"), source=source)
+    order = _order(reader)
+    out = {}
+    for (gbuf, pdtype), buckets in sorted(group["buckets"].items()):
+        if sorted(buckets) != list(range(len(buckets))):
+            raise CorruptCheckpointError(f"{source}: buckets {sorted(buckets)} of buffer {gbuf}")
+        sizes = _bucket_sizes(unpadded, gbuf, pdtype, source=source)
+        states = {}
+        for state in ("param", "exp_avg", "exp_avg_sq"):
+            flats = []
+            for b in range(len(buckets)):
+                entry = buckets[b].get(state)
+                if entry is None:
+                    raise CorruptCheckpointError(f"{source}: bucket {b} has no '{state}'")
+                flats.append(_Flat(entry, source=reader.folder))
+            states[state] = _Coalesced(flats)
+        if [f.numel for f in states["param"].flats] != sizes:
+            raise CorruptCheckpointError(
+                f"{source}: bucket tensors hold {[f.numel for f in states['param'].flats]} "
+                f"elements, per_bucket_numel_unpadded says {sizes}"
+            )
+        members = [p for p in order if reader.entries[p.key].dtype == pdtype]
+        shard = {p.name: _shard(p, k, tp, source=source) for p in members}
+        slots = ml.layout(
+            [(p.name, ml.numel(_local(shard[p.name], p))) for p in reversed(members)],
+            sizes,
+            source=source,
+        )
+        weights = {}
+
+        def weight(name: str, shard: dict = shard, weights: dict = weights) -> Any:
+            if name not in weights:
+                weights[name] = dcp.chunk_tensor(shard[name])
+            return weights[name]
+
+        ml.check_weights(slots, states["param"].read, weight, source=source)
+        for slot in slots:
+            out[slot.key] = (states["exp_avg"], states["exp_avg_sq"], slot)
+    return out
+
+
+def _local(chunk: dcp._Chunk, p: _Param) -> tuple[int, ...]:
+    return tuple(chunk.sizes[1:] if p.layer is not None else chunk.sizes)
+
+
+def _shard(p: _Param, k: int, tp: int, *, source: str) -> dcp._Chunk:
+    if len(p.shards) == 1:
+        return p.shards[0]
+    if len(p.shards) == tp:
+        return p.shards[k]
+    raise UnsupportedFormatError(
+        f"{source}: '{p.name}' has {len(p.shards)} shards with {tp} tensor-parallel ranks"
+    )
+
+
+def ml_list(entry: dcp._Entry | None, *, source: str) -> list:
+    from adamscope.readers.megatron import _small
+
+    if entry is None:
+        raise CorruptCheckpointError(f"{source}: no per_bucket_numel_unpadded")
+    value = _small(entry)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise CorruptCheckpointError(f"{source}: per_bucket_numel_unpadded is not a list of dicts")
+    return value
+
+
+def _bucket_sizes(unpadded: list, gbuf: int, pdtype: str, *, source: str) -> list[int]:
+    if gbuf >= len(unpadded):
+        raise CorruptCheckpointError(f"{source}: no per_bucket_numel_unpadded for buffer {gbuf}")
+    for dtypes, sizes in unpadded[gbuf].items():
+        if isinstance(dtypes, tuple) and str(dtypes[0]) == f"torch.{pdtype}":
+            if isinstance(sizes, list) and all(isinstance(n, int) and n >= 0 for n in sizes):
+                return sizes
+    raise CorruptCheckpointError(
+        f"{source}: per_bucket_numel_unpadded has no sizes for buffer {gbuf} ({pdtype})"
+    )
+
+
+def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
+    """The TensorStates of a dp_reshardable checkpoint, TP shards joined per parameter."""
+    from adamscope.readers.megatron import _small
+
+    groups = _by_group(reader)
+    tp = len(groups)
+    declared = int(reader.args.get("tensor_model_parallel_size") or tp)
+    if declared != tp:
+        raise CorruptCheckpointError(
+            f"{reader.folder}: {tp} optimizer groups, args say tensor parallel {declared}"
+        )
+    steps, hps = set(), []
+    for k, group in groups.items():
+        entry = group["objects"].get("optimizer")
+        value = _small(entry) if entry is not None else None
+        param_groups = value.get("param_groups") if isinstance(value, dict) else None
+        hp, step, notes = ml.group_hyper_params(
+            param_groups, source=f"{reader.folder} (dp_group_idx_{k})", options=reader.options
+        )
+        steps.add(step)
+        hps.append(hp)
+    if len(steps) != 1:
+        raise CorruptCheckpointError(f"{reader.folder}: tensor-parallel ranks at steps {steps}")
+    reader.notes = notes
+    slots = [_slots(reader, k, groups[k], tp) for k in range(tp)]
+    for p in reader.params:
+        ranks = range(tp) if len(p.shards) == tp and tp > 1 else [0]
+        pieces = []
+        for k in ranks:
+            if p.name not in slots[k]:
+                raise NamingError(f"{reader.folder}: '{p.name}' has no slot in rank {k}'s buffers")
+            m, v, slot = slots[k][p.name]
+            pieces.append(
+                ml.Piece(
+                    slot.numel,
+                    m=lambda a, b, m=m, s=slot.start: m.read(s + a, s + b),
+                    v=lambda a, b, v=v, s=slot.start: v.read(s + a, s + b),
+                )
+            )
+        yield reader.tensor_state(
+            p, hps[0], steps.copy().pop(), lambda n, pc=pieces: ml.stream(pc, n)
+        )

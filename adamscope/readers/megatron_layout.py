@@ -1,0 +1,177 @@
+"""Megatron-core's DistributedOptimizer buffers: where each parameter's Adam state sits in the flat
+per-bucket tensors, and the pieces of a tensor-parallel parameter joined into one.
+
+Facts (megatron-core 0.16, distributed/param_and_grad_buffer.py and distributed_data_parallel.py):
+DDP gives each (param dtype, grad dtype) a buffer holding the trainable parameters of
+`module.named_parameters()` in reverse order; each parameter starts at a multiple of 64 elements
+(from the buffer start); a bucket ends after the parameter that fills it and is padded to a
+multiple of lcm(DP, 128), so the state of a bucket is its `numel_unpadded` elements (intra-bucket
+padding included) followed by padding. The optimizer's state tensors (`param` = the fp32 master
+weights, `exp_avg`, `exp_avg_sq`) follow that layout. We rebuild it from the parameter order and
+check it twice: the sizes must fill each bucket exactly, and the master weights at each slot must
+equal the model weights saved beside them (cast to the model's dtype) — a wrong order is refused,
+never read under the wrong names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from adamscope.config import ReaderOptions
+from adamscope.errors import CorruptCheckpointError, NamingError
+from adamscope.readers.optim_state import hyper_params
+from adamscope.vocab import HyperParams
+
+PARAM_ALIGN = 64  # elements: each parameter starts 128-byte aligned (param_and_grad_buffer.py)
+_SAMPLE = 64  # elements compared at each end of a slot against the saved model weight
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One parameter's range in a buffer's state tensors (coalesced over buckets)."""
+
+    key: str  # the candidate's key (a name, or a (key, layer) label)
+    start: int
+    numel: int
+
+
+def layout(params: Sequence[tuple[str, int]], buckets: Sequence[int], *, source: str) -> list[Slot]:
+    """Slots of `params` ((key, numel) in buffer order) in tensors that hold the buckets'
+    `numel_unpadded` elements one after the other (bucket b starts at the sum of those before).
+
+    Raises:
+        NamingError: the sizes do not fill the buckets exactly (another order, frozen or extra
+            parameters, another megatron-core layout).
+    """
+    slots, bucket, base, pos = [], 0, 0, 0
+    for key, numel in params:
+        if numel == 0:
+            continue
+        if bucket >= len(buckets):
+            raise NamingError(
+                f"{source}: '{key}' has no room: the buckets ({list(buckets)} elements) are "
+                "full before every parameter is placed"
+            )
+        start = -(-pos // PARAM_ALIGN) * PARAM_ALIGN
+        end = start + numel
+        if end > buckets[bucket]:
+            raise NamingError(
+                f"{source}: '{key}' ({numel} elements at {start}) runs past the end of bucket "
+                f"{bucket} ({buckets[bucket]} elements): the parameters do not lay out as "
+                "megatron-core lays them out"
+            )
+        slots.append(Slot(key, base + start, numel))
+        pos = end
+        if end == buckets[bucket]:
+            base, bucket, pos = base + buckets[bucket], bucket + 1, 0
+    if bucket != len(buckets) or pos:
+        raise NamingError(
+            f"{source}: the parameters fill {base + pos} elements of buckets holding "
+            f"{sum(buckets)}: the parameters do not lay out as megatron-core lays them out"
+        )
+    return slots
+
+
+def check_weights(
+    slots: Sequence[Slot],
+    master: Callable[[int, int], Any],
+    weight: Callable[[str], Any],
+    *,
+    source: str,
+) -> None:
+    """The fp32 master weights at each slot equal the saved model weight (in its dtype) at both
+    ends of the slot: the proof that each slot holds the parameter it is named after.
+
+    Args:
+        master: (start, stop) -> elements of the buffer's `param` state tensor.
+        weight: slot key -> the saved model weight (lazy, `numel`, `read(start, stop)`).
+
+    Raises:
+        NamingError: a slot's master weights are not its parameter's.
+    """
+    import torch
+
+    for slot in slots:
+        w = weight(slot.key)
+        for a in sorted({0, max(0, slot.numel - _SAMPLE)}):
+            b = min(slot.numel, a + _SAMPLE)
+            saved = w.read(a, b)
+            if not torch.equal(master(slot.start + a, slot.start + b).to(saved.dtype), saved):
+                raise NamingError(
+                    f"{source}: the master weights at elements {slot.start + a}..{slot.start + b}"
+                    f" are not those of '{slot.key}' saved beside them: the parameter order is not"
+                    " the one the files imply; pass --model with the parameter names in "
+                    "registration order (a text file, one name per line)"
+                )
+
+
+def group_hyper_params(
+    groups: Any, *, source: str, options: ReaderOptions
+) -> tuple[HyperParams, float, list[str]]:
+    """(hyper-parameters, step, notes) of Megatron's param groups, which are saved without their
+    `params` lists: a value the groups disagree on (weight decay of the no-decay group, a
+    decoupled lr) cannot be given to a parameter, so it is left unknown (None) and noted.
+
+    Raises:
+        CorruptCheckpointError: no param groups, or groups that disagree on betas, eps or step.
+    """
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        raise CorruptCheckpointError(f"{source}: no optimizer param_groups")
+    hps = [hyper_params(g, source=source, options=options) for g in groups]
+    steps = {g.get("step") for g in groups}
+    if len(steps) != 1 or None in steps:
+        raise CorruptCheckpointError(
+            f"{source}: param groups hold steps {sorted(map(str, steps))}, not one step"
+        )
+    first, notes, unknown = hps[0], [], {}
+    for field in ("beta1", "beta2", "eps", "amsgrad", "bias_correction"):
+        if len({getattr(h, field) for h in hps}) > 1:
+            raise CorruptCheckpointError(
+                f"{source}: param groups disagree on {field}; adamscope needs one value"
+            )
+    for field in ("lr", "weight_decay"):
+        values = sorted({getattr(h, field) for h in hps}, key=str)
+        if len(values) > 1:
+            unknown[field] = None
+            notes.append(
+                f"{field} differs across the {len(groups)} param groups ({values}) and the "
+                "groups' members are not saved: left unknown"
+            )
+    step = steps.pop()
+    step = float(step.item() if hasattr(step, "item") else step)
+    return replace(first, **unknown), step, notes
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One tensor-parallel rank's part of a parameter: its m and v as (start, stop) readers."""
+
+    numel: int
+    m: Callable[[int, int], Any]
+    v: Callable[[int, int], Any]
+
+
+def stream(pieces: Sequence[Piece], n: int) -> Iterator[tuple]:
+    """(start, m, v, None) chunks of at most n elements over the pieces one after the other."""
+    offset = 0
+    for p in pieces:
+        for a in range(0, p.numel, n):
+            b = min(a + n, p.numel)
+            yield offset + a, p.m(a, b), p.v(a, b), None
+        offset += p.numel
+
+
+def joined_shape(shapes: Sequence[tuple[int, ...]], dim: int | None) -> tuple[int, ...]:
+    """The logical shape of tensor-parallel shards joined along `dim` (None: replicated)."""
+    if dim is None:
+        return tuple(shapes[0])
+    shape = list(shapes[0])
+    shape[dim] = sum(s[dim] for s in shapes)
+    return tuple(shape)
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
