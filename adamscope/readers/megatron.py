@@ -167,7 +167,7 @@ class MegatronDistReader:
         return _Param(name, key, layer, shards, dim)
 
     def describe(self) -> CheckpointInfo:
-        tp = len({len(p.shards) for p in self.params} | {1})
+        tp = max([len(p.shards) for p in self.params] + [1])
         iteration = self.common.get("iteration")
         return CheckpointInfo(
             path=self.path,

@@ -36,6 +36,7 @@ def _register_builtin() -> None:
     from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.lightning import LightningReader
     from adamscope.readers.megatron import MegatronDistReader
+    from adamscope.readers.megatron_legacy import MegatronLegacyReader
     from adamscope.readers.nanogpt import NanoGPTReader
     from adamscope.readers.orbax import OrbaxReader
     from adamscope.readers.safetensors_optim import SafetensorsOptimReader
@@ -47,6 +48,7 @@ def _register_builtin() -> None:
         DeepSpeedReader,
         DeepSpeedUniversalReader,
         MegatronDistReader,  # a DCP folder with common.pt + metadata.json: before DCPReader
+        MegatronLegacyReader,
         DCPReader,
         HFStorageReader,
         OrbaxReader,
