@@ -35,15 +35,11 @@ from adamscope.errors import (
 )
 from adamscope.readers import dcp
 from adamscope.readers import megatron_layout as ml
+from adamscope.readers.megatron_buckets import BUCKET, dp_reshardable, local
 from adamscope.vocab import CheckpointInfo, HyperParams, TensorState
 
 log = logging.getLogger(__name__)
 
-_BUCKET = re.compile(
-    r"^optimizer\.distributed\.dp_group_idx_(\d+)\.gbuf_idx_(\d+)\.dtype_\(torch\.(\w+), "
-    r"torch\.(\w+)\)\.bucket_idx_(\d+)\.(param|exp_avg|exp_avg_sq)$"
-)
-_OBJECT = re.compile(r"^optimizer\.distributed\.dp_group_idx_(\d+)\.(\w+)/shard_\d+_\d+$")
 _FULL = re.compile(r"^optimizer\.state\.(exp_avg|exp_avg_sq|param)\.(.+)$")
 _STACKED = re.compile(r"^(?P<head>(?:.+\.)?layers)\.(?P<rest>\D.*)$")
 
@@ -68,19 +64,7 @@ class _Param:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return ml.joined_shape([_local(c, self.layer) for c in self.shards], self.dim)
-
-
-def _local(chunk: dcp._Chunk, layer: int | None) -> tuple[int, ...]:
-    return tuple(chunk.sizes[1:] if layer is not None else chunk.sizes)
-
-
-def _small(entry: dcp._Entry) -> Any:
-    """A pickled object entry, unwrapped from the one-element lists Megatron saves it in."""
-    value = dcp.load_small(entry.chunks[0])
-    while isinstance(value, list) and len(value) == 1 and isinstance(value[0], list | dict):
-        value = value[0]
-    return value
+        return ml.joined_shape([local(c, self.layer) for c in self.shards], self.dim)
 
 
 class MegatronDistReader:
@@ -186,8 +170,6 @@ class MegatronDistReader:
         if self.sharding == "fully_reshardable":
             yield from self._fully_reshardable()
         else:
-            from adamscope.readers.megatron_buckets import dp_reshardable
-
             yield from dp_reshardable(self)
 
     def tensor_state(self, p: _Param, hp: HyperParams, step: float, chunks: Any) -> TensorState:
@@ -270,7 +252,7 @@ def _sharding(common: dict, entries: dict, *, source: Path) -> str:
     if kind is None:
         if any(_FULL.match(k) for k in entries):
             kind = "fully_reshardable"
-        elif any(_BUCKET.match(k) for k in entries):
+        elif any(BUCKET.match(k) for k in entries):
             kind = "dp_reshardable"
         else:
             raise UnsupportedFormatError(

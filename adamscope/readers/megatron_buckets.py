@@ -11,17 +11,37 @@ parallel rank (megatron-core's optimizer setup passes the model-parallel rank).
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adamscope.errors import CorruptCheckpointError, NamingError, UnsupportedFormatError
 from adamscope.readers import dcp
 from adamscope.readers import megatron_layout as ml
 from adamscope.vocab import TensorState
 
-if TYPE_CHECKING:
-    from adamscope.readers.megatron import MegatronDistReader, _Param
+# the reader (readers/megatron.py, which imports this module) and its parameters, duck-typed
+MegatronDistReader = _Param = Any
+
+BUCKET = re.compile(
+    r"^optimizer\.distributed\.dp_group_idx_(\d+)\.gbuf_idx_(\d+)\.dtype_\(torch\.(\w+), "
+    r"torch\.(\w+)\)\.bucket_idx_(\d+)\.(param|exp_avg|exp_avg_sq)$"
+)
+OBJECT = re.compile(r"^optimizer\.distributed\.dp_group_idx_(\d+)\.(\w+)/shard_\d+_\d+$")
+
+
+def local(chunk: dcp._Chunk, layer: int | None) -> tuple[int, ...]:
+    """A chunk's shape without the stacked layer axis (when the key stacks layers)."""
+    return tuple(chunk.sizes[1:] if layer is not None else chunk.sizes)
+
+
+def small(entry: dcp._Entry) -> Any:
+    """A pickled object entry, unwrapped from the one-element lists Megatron saves it in."""
+    value = dcp.load_small(entry.chunks[0])
+    while isinstance(value, list) and len(value) == 1 and isinstance(value[0], list | dict):
+        value = value[0]
+    return value
 
 
 class _Flat:
@@ -72,16 +92,14 @@ class _Coalesced:
 
 def _by_group(reader: MegatronDistReader) -> dict[int, dict[str, Any]]:
     """group index -> {"buckets": {(gbuf, param dtype): {bucket: {state: entry}}}, objects}."""
-    from adamscope.readers.megatron import _BUCKET, _OBJECT
-
     groups: dict[int, dict[str, Any]] = {}
     for key, entry in reader.entries.items():
-        if m := _BUCKET.match(key):
+        if m := BUCKET.match(key):
             k, gbuf, pdtype, _, bucket, state = m.groups()
             g = groups.setdefault(int(k), {"buckets": {}, "objects": {}})
             by_bucket = g["buckets"].setdefault((int(gbuf), pdtype), {})
             by_bucket.setdefault(int(bucket), {})[state] = entry
-        elif m := _OBJECT.match(key):
+        elif m := OBJECT.match(key):
             g = groups.setdefault(int(m[1]), {"buckets": {}, "objects": {}})
             g["objects"][m[2]] = entry
     if not groups or sorted(groups) != list(range(len(groups))):
@@ -145,7 +163,7 @@ def _slots(
         members = [p for p in order if reader.entries[p.key].dtype == pdtype]
         shard = {p.name: _shard(p, k, tp, source=source) for p in members}
         slots = ml.layout(
-            [(p.name, ml.numel(_local(shard[p.name], p))) for p in reversed(members)],
+            [(p.name, ml.numel(local(shard[p.name], p.layer))) for p in reversed(members)],
             sizes,
             source=source,
         )
@@ -162,10 +180,6 @@ def _slots(
     return out
 
 
-def _local(chunk: dcp._Chunk, p: _Param) -> tuple[int, ...]:
-    return tuple(chunk.sizes[1:] if p.layer is not None else chunk.sizes)
-
-
 def _shard(p: _Param, k: int, tp: int, *, source: str) -> dcp._Chunk:
     if len(p.shards) == 1:
         return p.shards[0]
@@ -177,11 +191,9 @@ def _shard(p: _Param, k: int, tp: int, *, source: str) -> dcp._Chunk:
 
 
 def ml_list(entry: dcp._Entry | None, *, source: str) -> list:
-    from adamscope.readers.megatron import _small
-
     if entry is None:
         raise CorruptCheckpointError(f"{source}: no per_bucket_numel_unpadded")
-    value = _small(entry)
+    value = small(entry)
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -203,8 +215,6 @@ def _bucket_sizes(unpadded: list, gbuf: int, pdtype: str, *, source: str) -> lis
 
 def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
     """The TensorStates of a dp_reshardable checkpoint, TP shards joined per parameter."""
-    from adamscope.readers.megatron import _small
-
     groups = _by_group(reader)
     tp = len(groups)
     declared = int(reader.args.get("tensor_model_parallel_size") or tp)
@@ -215,7 +225,7 @@ def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
     steps, hps = set(), []
     for k, group in groups.items():
         entry = group["objects"].get("optimizer")
-        value = _small(entry) if entry is not None else None
+        value = small(entry) if entry is not None else None
         param_groups = value.get("param_groups") if isinstance(value, dict) else None
         hp, step, notes = ml.group_hyper_params(
             param_groups, source=f"{reader.folder} (dp_group_idx_{k})", options=reader.options
@@ -233,13 +243,7 @@ def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
             if p.name not in slots[k]:
                 raise NamingError(f"{reader.folder}: '{p.name}' has no slot in rank {k}'s buffers")
             m, v, slot = slots[k][p.name]
-            pieces.append(
-                ml.Piece(
-                    slot.numel,
-                    m=lambda a, b, m=m, s=slot.start: m.read(s + a, s + b),
-                    v=lambda a, b, v=v, s=slot.start: v.read(s + a, s + b),
-                )
-            )
+            pieces.append(ml.piece(m, v, slot))
         yield reader.tensor_state(
             p, hps[0], steps.copy().pop(), lambda n, pc=pieces: ml.stream(pc, n)
         )

@@ -154,6 +154,14 @@ class Piece:
     v: Callable[[int, int], Any]
 
 
+def piece(m: Any, v: Any, slot: Slot) -> Piece:
+    """The Piece of a slot in a buffer's m and v tensors (objects with `read(start, stop)`)."""
+    s = slot.start
+    return Piece(
+        slot.numel, m=lambda a, b: m.read(s + a, s + b), v=lambda a, b: v.read(s + a, s + b)
+    )
+
+
 def stream(pieces: Sequence[Piece], n: int) -> Iterator[tuple]:
     """(start, m, v, None) chunks of at most n elements over the pieces one after the other."""
     offset = 0

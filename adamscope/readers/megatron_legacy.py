@@ -187,13 +187,7 @@ class MegatronLegacyReader:
                         f"{self.ranks[k] / _OPTIM}: no optimizer state for '{name}'"
                     )
                 m, v, slot = slots[k][name]
-                pieces.append(
-                    ml.Piece(
-                        slot.numel,
-                        m=lambda a, b, m=m, s=slot.start: m.read(s + a, s + b),
-                        v=lambda a, b, v=v, s=slot.start: v.read(s + a, s + b),
-                    )
-                )
+                pieces.append(ml.piece(m, v, slot))
             ts = TensorState(
                 name=name,
                 shape=self._shape(name),
