@@ -149,3 +149,53 @@ def test_streaming_a_large_legacy_buffer_keeps_memory_bounded(tmp_path: Path) ->
     assert result["n"] == 4_000_000
     assert result["m_total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not the 16 MB tensors
+
+
+_WRITE_DIST = """
+import io, sys
+from argparse import Namespace
+from pathlib import Path
+import torch
+import torch.distributed.checkpoint as dcp
+folder = Path(sys.argv[1])
+n = 4_000_000  # one bf16 parameter: its fp32 bucket state is 16 MB per tensor
+
+
+class RawBytes(dcp.DefaultSavePlanner):  # as Megatron's planner: a BytesIO is written as it is
+    def resolve_data(self, write_item):
+        obj = self.lookup_object(write_item.index)
+        return obj if isinstance(obj, io.BytesIO) else super().resolve_data(write_item)
+
+
+def pickled(obj):  # Megatron's ShardedObjects: torch.save'd bytes entries
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+
+w = torch.linspace(-1, 1, n).to(torch.bfloat16)
+group = "optimizer.distributed.dp_group_idx_0."
+bucket = group + "gbuf_idx_0.dtype_(torch.bfloat16, torch.float32).bucket_idx_0."
+groups = [{"lr": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0, "step": 1.0}]
+dcp.save({
+    "decoder.final_layernorm.weight": w,
+    bucket + "param": w.float(), bucket + "exp_avg": torch.ones(n), bucket + "exp_avg_sq": torch.ones(n),
+    group + "per_bucket_numel_unpadded/shard_0_1": pickled([{(torch.bfloat16, torch.float32): [n]}]),
+    group + "optimizer/shard_0_1": pickled([{"param_groups": groups}]),
+}, checkpoint_id=folder, planner=RawBytes())
+content = {"distrib_optim_sharding_type": "dp_reshardable"}
+torch.save({"args": Namespace(tensor_model_parallel_size=1), "iteration": 1,
+            "content_metadata": content}, folder / "common.pt")
+(folder / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+"""
+
+
+def test_streaming_a_large_dp_reshardable_bucket_keeps_memory_bounded(tmp_path: Path) -> None:
+    folder = tmp_path / "iter_0000001"
+    subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITE_DIST), str(folder)], check=True)
+    result = stream_rss(MegatronDistReader, folder)
+    assert result["n"] == 4_000_000
+    assert result["m_total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
+    assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not the 16 MB bucket
