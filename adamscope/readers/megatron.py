@@ -114,14 +114,16 @@ class MegatronDistReader:
         done: set[str] = set()
         for key in model:
             match = _STACKED.match(key)
-            if match is None:
+            if match is None or not model[key].size:
                 out.append(self._param(key, key, None, model[key].chunks))
                 continue
             head = match["head"]
             if head in done:
                 continue
             done.add(head)
-            block = [k for k in model if (m := _STACKED.match(k)) and m["head"] == head]
+            block = [
+                k for k in model if (m := _STACKED.match(k)) and m["head"] == head and model[k].size
+            ]
             layers = {model[k].size[0] for k in block}
             if len(layers) != 1:
                 raise CorruptCheckpointError(

@@ -40,6 +40,16 @@ def _rank_folders(path: Path) -> list[Path]:
     return sorted(c for c in path.iterdir() if _RANK.match(c.name) and (c / _MODEL).is_file())
 
 
+def _iteration_folder(path: Path) -> Path | None:
+    """The `iter_N/` folder of `path`: itself, or the one above a rank folder or its files (every
+    tensor-parallel rank is read, whichever one was named)."""
+    if path.name in (_MODEL, _OPTIM) and path.is_file():
+        path = path.parent
+    if _RANK.match(path.name) and (path / _MODEL).is_file():
+        path = path.parent
+    return path if _rank_folders(path) else None
+
+
 def _load(path: Path, options: ReaderOptions) -> Any:
     from adamscope.readers.torchzip import load_lazy
 
@@ -56,11 +66,15 @@ class MegatronLegacyReader:
 
     @classmethod
     def probe(cls, path: Path) -> bool:
-        return bool(_rank_folders(Path(path)))
+        return _iteration_folder(Path(path)) is not None
 
     def __init__(self, path: Path, *, options: ReaderOptions) -> None:
-        self.path = self.folder = Path(path)
+        self.path = Path(path)
         self.options = options
+        folder = _iteration_folder(self.path)
+        if folder is None:
+            raise UnsupportedFormatError(f"{self.path}: no mp_rank_XX/{_MODEL} (not Megatron-LM)")
+        self.folder = folder
         ranks = _rank_folders(self.folder)
         if any(_RANK.match(r.name)[2] for r in ranks):
             raise UnsupportedFormatError(

@@ -22,7 +22,12 @@ from typer.testing import CliRunner
 
 from adamscope.cli import app
 from adamscope.config import ReaderOptions
-from adamscope.errors import NamingError, UnsafePickleError
+from adamscope.errors import (
+    CorruptCheckpointError,
+    NamingError,
+    UnsafePickleError,
+    UnsupportedFormatError,
+)
 from adamscope.pipeline.discovery import discover
 from adamscope.readers import registry
 from adamscope.readers.megatron import MegatronDistReader
@@ -199,3 +204,35 @@ def test_streaming_a_large_dp_reshardable_bucket_keeps_memory_bounded(tmp_path: 
     assert result["n"] == 4_000_000
     assert result["m_total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not the 16 MB bucket
+
+
+def test_a_rank_folder_or_file_reads_the_whole_iteration() -> None:
+    rank = FAMILY / "tp2/legacy/iter_0000003/mp_rank_01"
+    for path in (rank, rank / "distrib_optim.pt"):
+        assert registry.detect(path) is MegatronLegacyReader
+        reader = MegatronLegacyReader(path, options=ReaderOptions())
+        assert reader.folder == rank.parent and reader.tp == 2
+        assert reader.describe().n_params == N_PARAMS
+
+
+def test_layouts_adamscope_does_not_read_are_refused_in_one_line(tmp_path: Path) -> None:
+    src = FAMILY / "tp2/legacy/iter_0000003"
+    pp = tmp_path / "pp" / "iter_0000003"
+    shutil.copytree(src / "mp_rank_00", pp / "mp_rank_00_000")
+    with pytest.raises(UnsupportedFormatError, match="pipeline-parallel folders"):
+        MegatronLegacyReader(pp, options=ReaderOptions())
+    gap = tmp_path / "gap" / "iter_0000003"
+    shutil.copytree(src / "mp_rank_01", gap / "mp_rank_01")
+    with pytest.raises(CorruptCheckpointError, match="a rank's folder is missing"):
+        MegatronLegacyReader(gap, options=ReaderOptions())
+    plain = tmp_path / "plain" / "iter_0000003"
+    shutil.copytree(src, plain)
+    for rank in ("mp_rank_00", "mp_rank_01"):
+        (plain / rank / "distrib_optim.pt").unlink()
+    with pytest.raises(UnsupportedFormatError, match="without --use-distributed-optimizer"):
+        MegatronLegacyReader(plain, options=ReaderOptions())
+    folder = tmp_path / "iter_0000003"
+    shutil.copytree(FAMILY / "tp1/fully_reshardable/iter_0000003", folder)
+    (folder / "metadata.json").write_text('{"sharded_backend": "zarr"}')
+    with pytest.raises(UnsupportedFormatError, match="sharded_backend 'zarr'"):
+        MegatronDistReader(folder, options=ReaderOptions())
