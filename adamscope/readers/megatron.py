@@ -91,10 +91,11 @@ class MegatronDistReader:
         self.sharding = _sharding(self.common, self.entries, source=self.folder)
         args = self.common.get("args")
         self.args = args.attrs() if hasattr(args, "attrs") else {}
-        if int(self.args.get("pipeline_model_parallel_size") or 1) > 1:
+        pp = self.args.get("pipeline_model_parallel_size")
+        if isinstance(pp, int) and pp > 1:
             raise UnsupportedFormatError(
-                f"{self.folder}: pipeline-parallel run (pipeline_model_parallel_size "
-                f"{self.args['pipeline_model_parallel_size']}); adamscope reads PP 1 only"
+                f"{self.folder}: pipeline-parallel run (pipeline_model_parallel_size {pp}); "
+                "adamscope reads pipeline parallel 1 only"
             )
         self.params = self._params()
 
@@ -125,11 +126,14 @@ class MegatronDistReader:
                 k for k in model if (m := _STACKED.match(k)) and m["head"] == head and model[k].size
             ]
             layers = {model[k].size[0] for k in block}
-            if len(layers) != 1:
+            # the layers the chunks hold (never range(size): a size of 10**12 must not loop)
+            held = sorted({c.offsets[0] for k in block for c in model[k].chunks})
+            if len(layers) != 1 or held != list(range(len(held))) or len(held) != min(layers):
                 raise CorruptCheckpointError(
-                    f"{self.folder}: keys under '{head}' stack {sorted(layers)} layers"
+                    f"{self.folder}: keys under '{head}' stack {sorted(layers)} layers and their "
+                    f"chunks hold {len(held)}"
                 )
-            for i in range(layers.pop()):
+            for i in held:
                 for k in block:
                     chunks = [c for c in model[k].chunks if c.offsets[0] == i]
                     if any(c.sizes[0] != 1 for c in chunks):
@@ -194,6 +198,11 @@ class MegatronDistReader:
         for p in self.params:
             m = self.entries.get(f"optimizer.state.exp_avg.{p.key}")
             v = self.entries.get(f"optimizer.state.exp_avg_sq.{p.key}")
+            if m is None and v is None:
+                log.warning(
+                    "%s: no optimizer state for '%s' (frozen?); skipped", self.folder, p.name
+                )
+                continue
             if m is None or v is None:
                 raise CorruptCheckpointError(
                     f"{self.folder}: no optimizer.state.exp_avg/exp_avg_sq for model key '{p.key}'"
