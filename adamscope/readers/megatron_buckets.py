@@ -162,19 +162,19 @@ def _slots(
             )
         members = [p for p in order if reader.entries[p.key].dtype == pdtype]
         shard = {p.name: _shard(p, k, tp, source=source) for p in members}
-        slots = ml.layout(
-            [(p.name, ml.numel(local(shard[p.name], p.layer))) for p in reversed(members)],
-            sizes,
-            source=source,
-        )
-        weights = {}
+        sized = [(p.name, ml.numel(local(shard[p.name], p.layer))) for p in members]
+        weights: dict[str, Any] = {}
 
         def weight(name: str, shard: dict = shard, weights: dict = weights) -> Any:
             if name not in weights:
                 weights[name] = dcp.chunk_tensor(shard[name])
             return weights[name]
 
-        ml.check_weights(slots, states["param"].read, weight, source=source)
+        if reader.options.model is None:  # by content
+            slots = ml.match(sized, sizes, states["param"].read, weight, source=source)
+        else:  # the order given: laid out, then checked
+            slots = ml.layout(list(reversed(sized)), sizes, source=source)
+            ml.check_weights(slots, states["param"].read, weight, source=source)
         for slot in slots:
             out[slot.key] = (states["exp_avg"], states["exp_avg_sq"], slot)
     return out
@@ -217,8 +217,8 @@ def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
     """The TensorStates of a dp_reshardable checkpoint, TP shards joined per parameter."""
     groups = _by_group(reader)
     tp = len(groups)
-    declared = int(reader.args.get("tensor_model_parallel_size") or tp)
-    if declared != tp:
+    declared = reader.args.get("tensor_model_parallel_size")
+    if isinstance(declared, int) and declared != tp:
         raise CorruptCheckpointError(
             f"{reader.folder}: {tp} optimizer groups, args say tensor parallel {declared}"
         )
@@ -236,7 +236,10 @@ def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
         raise CorruptCheckpointError(f"{reader.folder}: tensor-parallel ranks at steps {steps}")
     reader.notes = notes
     slots = [_slots(reader, k, groups[k], tp) for k in range(tp)]
-    for p in reader.params:
+    # registration order: rank 0's buffers in reverse (megatron-core fills them backwards)
+    position = {name: -slot.start for name, (_, _, slot) in slots[0].items()}
+    step = steps.pop()
+    for p in sorted(reader.params, key=lambda p: position.get(p.name, 1)):
         ranks = range(tp) if len(p.shards) == tp and tp > 1 else [0]
         pieces = []
         for k in ranks:
@@ -244,6 +247,4 @@ def dp_reshardable(reader: MegatronDistReader) -> Iterator[TensorState]:
                 raise NamingError(f"{reader.folder}: '{p.name}' has no slot in rank {k}'s buffers")
             m, v, slot = slots[k][p.name]
             pieces.append(ml.piece(m, v, slot))
-        yield reader.tensor_state(
-            p, hps[0], steps.copy().pop(), lambda n, pc=pieces: ml.stream(pc, n)
-        )
+        yield reader.tensor_state(p, hps[0], step, lambda n, pc=pieces: ml.stream(pc, n))

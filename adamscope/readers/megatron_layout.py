@@ -75,6 +75,96 @@ def layout(params: Sequence[tuple[str, int]], buckets: Sequence[int], *, source:
     return slots
 
 
+def match(
+    members: Sequence[tuple[str, int]],
+    buckets: Sequence[int],
+    master: Callable[[int, int], Any],
+    weight: Callable[[str], Any],
+    *,
+    source: str,
+) -> list[Slot]:
+    """Slots of `members` ((key, numel), in no particular order) found by content: walking the
+    buffers as megatron-core fills them, the parameter at each aligned start is the one whose saved
+    model weights equal the master weights there (at both ends of its would-be slot, then whole
+    when several parameters agree at the ends).
+
+    Raises:
+        NamingError: no parameter fits a slot, or several do whose saved weights are identical
+            (e.g. norms still at 1.0 in bf16): the files cannot tell them apart.
+    """
+    import torch
+
+    left = dict(members)
+    samples: dict[str, tuple[Any, Any]] = {}
+
+    def sample(key: str) -> tuple[Any, Any]:
+        if key not in samples:
+            w, n = weight(key), left[key]
+            samples[key] = (w.read(0, min(n, _SAMPLE)), w.read(max(0, n - _SAMPLE), n))
+        return samples[key]
+
+    reads: dict[tuple[int, int], Any] = {}  # master samples at this slot, shared by candidates
+
+    def read(a: int, b: int) -> Any:
+        if (a, b) not in reads:
+            reads[(a, b)] = master(a, b)
+        return reads[(a, b)]
+
+    def fits(key: str, at: int) -> bool:
+        n = left[key]
+        head, tail = sample(key)
+        return torch.equal(read(at, at + len(head)).to(head.dtype), head) and torch.equal(
+            read(at + n - len(tail), at + n).to(tail.dtype), tail
+        )
+
+    slots, base = [], 0
+    for b, size in enumerate(buckets):
+        pos = 0
+        while pos < size:
+            start = -(-pos // PARAM_ALIGN) * PARAM_ALIGN
+            reads.clear()
+            hits = [k for k, n in left.items() if n and start + n <= size and fits(k, base + start)]
+            if len(hits) > 1:  # alike at both ends: compare them whole
+                hits = [k for k in hits if _equal(master, weight(k), base + start, left[k])]
+            if not hits:
+                raise NamingError(
+                    f"{source}: no parameter's saved weights match the master weights at element "
+                    f"{base + start} (bucket {b}): the buffer does not lay out as megatron-core "
+                    "lays it out, or a parameter is missing from the model keys"
+                )
+            if len(hits) > 1:
+                shown = ", ".join(sorted(hits)[:4]) + (", ..." if len(hits) > 4 else "")
+                raise NamingError(
+                    f"{source}: at element {base + start} the master weights fit {len(hits)} "
+                    f"parameters whose saved weights are identical ({shown}): the files cannot "
+                    "tell them apart; pass --model with the parameter names in registration "
+                    "order (a text file, one name per line)"
+                )
+            n = left.pop(hits[0])
+            slots.append(Slot(hits[0], base + start, n))
+            pos = start + n
+        base += size
+    missing = [k for k, n in left.items() if n]
+    if missing:
+        raise NamingError(
+            f"{source}: {len(missing)} parameters have no slot in the buffers (first: "
+            f"'{missing[0]}'): frozen parameters, or another megatron-core layout"
+        )
+    return slots
+
+
+def _equal(master: Callable[[int, int], Any], w: Any, at: int, n: int) -> bool:
+    """Whether the saved weight `w` equals the master weights [at, at + n) (read in chunks)."""
+    import torch
+
+    step = 1 << 20
+    for a in range(0, n, step):
+        saved = w.read(a, min(n, a + step))
+        if not torch.equal(master(at + a, at + a + len(saved)).to(saved.dtype), saved):
+            return False
+    return True
+
+
 def check_weights(
     slots: Sequence[Slot],
     master: Callable[[int, int], Any],

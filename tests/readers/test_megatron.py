@@ -59,11 +59,16 @@ def test_names_numel_and_statistics_match_the_live_optimizer(rel: str) -> None:
     assert info.step == TRUTH[rel]["step"] and info.n_params == N_PARAMS
 
 
-def test_layers_are_split_in_registration_order() -> None:
-    names = [ts.name for ts in _reader("tp2/fully_reshardable/iter_0000003").iter_tensors()]
+@pytest.mark.parametrize("tp", ["tp1", "tp2"])
+def test_dp_reshardable_names_come_out_in_registration_order(tp: str) -> None:
+    # names.txt: the live model's named_parameters() order under the checkpoint's names; the
+    # reader gets it from the buffers alone (megatron-core fills them in reverse)
+    want = (FAMILY / tp / "names.txt").read_text().split()
+    names = [ts.name for ts in _reader(f"{tp}/dp_reshardable/iter_0000003").iter_tensors()]
+    assert names == want
     layer = [n.removeprefix("decoder.layers.0.") for n in names if ".layers.0." in n]
-    # registration order of megatron-core's TransformerLayer (Attention registers linear_proj
-    # before SelfAttention adds linear_qkv), under the TE-style keys torch_dist saves
+    # megatron-core's TransformerLayer (Attention registers linear_proj before SelfAttention adds
+    # linear_qkv), under the TE-style keys torch_dist saves
     assert layer == [
         "self_attention.linear_qkv.layer_norm_weight",
         "self_attention.linear_proj.weight",
@@ -72,7 +77,6 @@ def test_layers_are_split_in_registration_order() -> None:
         "mlp.linear_fc1.weight",
         "mlp.linear_fc2.weight",
     ]
-    assert names[0] == "embedding.word_embeddings.weight" and names[-1] == "output_layer.weight"
 
 
 def test_dim1_tensor_parallel_shards_are_noted() -> None:
@@ -101,9 +105,11 @@ def _names_file(tmp_path: Path, names: list[str]) -> Path:
 
 def test_model_names_list_gives_the_order_and_a_wrong_order_is_refused(tmp_path: Path) -> None:
     rel = "tp2/dp_reshardable/iter_0000003"
-    names = [p.name for p in _reader(rel).params]
-    given = _reader(rel, model=_names_file(tmp_path, names))
-    assert [ts.name for ts in given.iter_tensors()] == names
+    names = (FAMILY / "tp2/names.txt").read_text().split()
+    given = _reader(rel, model=FAMILY / "tp2/names.txt")
+    expected = TRUTH[rel]["tensors"]
+    for ts in given.iter_tensors():
+        assert_matches(ts, {**expected[ts.name], "weight_decay": None}, chunk=64)
     # two parameters of 512 elements swapped: the sizes still fill the bucket, but the master
     # weights at each slot are not the saved weights of the name it would get
     i, j = names.index("decoder.layers.0.mlp.linear_fc1.weight"), names.index("output_layer.weight")
@@ -236,3 +242,57 @@ def test_layouts_adamscope_does_not_read_are_refused_in_one_line(tmp_path: Path)
     (folder / "metadata.json").write_text('{"sharded_backend": "zarr"}')
     with pytest.raises(UnsupportedFormatError, match="sharded_backend 'zarr'"):
         MegatronDistReader(folder, options=ReaderOptions())
+
+
+_WRITE_TIED = """
+import io, sys
+from argparse import Namespace
+from pathlib import Path
+import torch
+import torch.distributed.checkpoint as dcp
+folder = Path(sys.argv[1])
+
+
+class RawBytes(dcp.DefaultSavePlanner):  # as Megatron's planner: a BytesIO is written as it is
+    def resolve_data(self, write_item):
+        obj = self.lookup_object(write_item.index)
+        return obj if isinstance(obj, io.BytesIO) else super().resolve_data(write_item)
+
+
+def pickled(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+# two norms still at 1.0 in bf16 (registered a, b: the buffer holds b at 0, a at 64)
+ones = torch.ones(16, dtype=torch.bfloat16)
+state = {"param": torch.ones(80), "exp_avg": torch.cat([torch.full((64,), 1.0), torch.full((16,), 2.0)])}
+state["exp_avg_sq"] = state["exp_avg"].clone()
+group = "optimizer.distributed.dp_group_idx_0."
+bucket = group + "gbuf_idx_0.dtype_(torch.bfloat16, torch.float32).bucket_idx_0."
+groups = [{"lr": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0, "step": 1.0}]
+dcp.save({
+    "a.weight": ones, "b.weight": ones.clone(),
+    **{bucket + k: v for k, v in state.items()},
+    group + "per_bucket_numel_unpadded/shard_0_1": pickled([{(torch.bfloat16, torch.float32): [80]}]),
+    group + "optimizer/shard_0_1": pickled([{"param_groups": groups}]),
+}, checkpoint_id=folder, planner=RawBytes())
+content = {"distrib_optim_sharding_type": "dp_reshardable"}
+torch.save({"args": Namespace(), "iteration": 1, "content_metadata": content}, folder / "common.pt")
+(folder / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+"""
+
+
+def test_parameters_the_files_cannot_tell_apart_are_refused_unless_named(tmp_path: Path) -> None:
+    folder = tmp_path / "iter_0000001"
+    subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITE_TIED), str(folder)], check=True)
+    reader = MegatronDistReader(folder, options=ReaderOptions())
+    with pytest.raises(NamingError, match="fit 2 parameters whose saved weights are identical"):
+        list(reader.iter_tensors())
+    named = MegatronDistReader(
+        folder, options=ReaderOptions(model=_names_file(tmp_path, ["a.weight", "b.weight"]))
+    )
+    means = {ts.name: float(next(ts.chunks(16))[1].mean()) for ts in named.iter_tensors()}
+    assert means == {"a.weight": 2.0, "b.weight": 1.0}
