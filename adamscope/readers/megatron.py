@@ -11,9 +11,10 @@ fully_reshardable, the optimizer's param_groups (saved without `params`).
   param}.<model key>`, shaped and sharded like the model key.
 - dp_reshardable (the default): per tensor-parallel rank (`dp_group_idx_<k>`) and bucket one flat
   fp32 tensor per state; `per_bucket_numel_unpadded` and the param_groups (with `step`) are
-  pickled objects. Parameter names come from megatron_layout's rule applied to the model keys in
-  the order `.metadata` lists them (the model's sharded_state_dict order, its registration
-  order), checked against the master weights; or from `--model`, a names list.
+  pickled objects. No names: megatron_layout finds each parameter's slot by content (the master
+  weights there equal its saved model weights), or lays out `--model`'s names list and checks it.
+`.metadata` lists the keys in no model order under Megatron-LM's default fully parallel save (each
+DP rank writes some tensors), so it is never taken as the registration order.
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ DDP gives each (param dtype, grad dtype) a buffer holding the trainable paramete
 (from the buffer start); a bucket ends after the parameter that fills it and is padded to a
 multiple of lcm(DP, 128), so the state of a bucket is its `numel_unpadded` elements (intra-bucket
 padding included) followed by padding. The optimizer's state tensors (`param` = the fp32 master
-weights, `exp_avg`, `exp_avg_sq`) follow that layout. We rebuild it from the parameter order and
-check it twice: the sizes must fill each bucket exactly, and the master weights at each slot must
-equal the model weights saved beside them (cast to the model's dtype) — a wrong order is refused,
-never read under the wrong names.
+weights, `exp_avg`, `exp_avg_sq`) follow that layout. Walking it, `match` finds the parameter at
+each aligned start by content: its saved model weights equal the master weights there (cast to
+the model's dtype); `layout` places a given order and `check_weights` proves it the same way. A
+slot no parameter fits, or that several identical ones fit, is refused, never read under a
+guessed name.
 """
 
 from __future__ import annotations
