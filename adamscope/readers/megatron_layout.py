@@ -193,9 +193,9 @@ def check_weights(
             if not torch.equal(master(slot.start + a, slot.start + b).to(saved.dtype), saved):
                 raise NamingError(
                     f"{source}: the master weights at elements {slot.start + a}..{slot.start + b}"
-                    f" are not those of '{slot.key}' saved beside them: the parameter order is not"
-                    " the one the files imply; pass --model with the parameter names in "
-                    "registration order (a text file, one name per line)"
+                    f" are not those of '{slot.key}' saved beside them: the parameter order does "
+                    "not match the buffers (--model must list the names in registration order, "
+                    "one per line; frozen parameters leave the buffers)"
                 )
 
 
