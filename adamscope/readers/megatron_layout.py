@@ -95,38 +95,36 @@ def match(
     """
     import torch
 
-    left = dict(members)
-    samples: dict[str, tuple[Any, Any]] = {}
-
-    def sample(key: str) -> tuple[Any, Any]:
-        if key not in samples:
-            w, n = weight(key), left[key]
-            samples[key] = (w.read(0, min(n, _SAMPLE)), w.read(max(0, n - _SAMPLE), n))
-        return samples[key]
-
-    reads: dict[tuple[int, int], Any] = {}  # master samples at this slot, shared by candidates
-
-    def read(a: int, b: int) -> Any:
-        if (a, b) not in reads:
-            reads[(a, b)] = master(a, b)
-        return reads[(a, b)]
-
-    def fits(key: str, at: int) -> bool:
-        n = left[key]
-        head, tail = sample(key)
-        return torch.equal(read(at, at + len(head)).to(head.dtype), head) and torch.equal(
-            read(at + n - len(tail), at + n).to(tail.dtype), tail
-        )
+    left = {k: n for k, n in members if n}
+    # candidates by (numel, dtype, first elements' bytes): each slot looks up its few
+    # candidates instead of comparing every parameter (linear, not quadratic, in parameters)
+    index: dict[tuple[int, Any, bytes], list[str]] = {}
+    tails: dict[str, Any] = {}
+    for key, n in left.items():
+        w = weight(key)
+        head = w.read(0, min(n, _SAMPLE))
+        tails[key] = w.read(max(0, n - _SAMPLE), n)
+        index.setdefault((n, head.dtype, _bytes(head)), []).append(key)
+    kinds = sorted({(n, dtype) for n, dtype, _ in index}, key=str)
 
     slots, base = [], 0
     for b, size in enumerate(buckets):
         pos = 0
         while pos < size:
             start = -(-pos // PARAM_ALIGN) * PARAM_ALIGN
-            reads.clear()
-            hits = [k for k, n in left.items() if n and start + n <= size and fits(k, base + start)]
+            at, hits = base + start, []
+            for n, dtype in kinds:
+                if start + n > size:
+                    continue
+                head = master(at, at + min(n, _SAMPLE)).to(dtype)
+                for key in index.get((n, dtype, _bytes(head)), ()):
+                    tail = tails[key]
+                    if key in left and torch.equal(
+                        master(at + n - len(tail), at + n).to(dtype), tail
+                    ):
+                        hits.append(key)
             if len(hits) > 1:  # alike at both ends: compare them whole
-                hits = [k for k in hits if _equal(master, weight(k), base + start, left[k])]
+                hits = [k for k in hits if _equal(master, weight(k), at, left[k])]
             if not hits:
                 raise NamingError(
                     f"{source}: no parameter's saved weights match the master weights at element "
@@ -145,13 +143,20 @@ def match(
             slots.append(Slot(hits[0], base + start, n))
             pos = start + n
         base += size
-    missing = [k for k, n in left.items() if n]
+    missing = list(left)
     if missing:
         raise NamingError(
             f"{source}: {len(missing)} parameters have no slot in the buffers (first: "
             f"'{missing[0]}'): frozen parameters, or another megatron-core layout"
         )
     return slots
+
+
+def _bytes(t: Any) -> bytes:
+    """A 1-D tensor's raw bytes (bf16 has no numpy dtype: viewed as bytes first)."""
+    import torch
+
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
 
 
 def _equal(master: Callable[[int, int], Any], w: Any, at: int, n: int) -> bool:
