@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -162,50 +163,55 @@ def test_streaming_a_large_legacy_buffer_keeps_memory_bounded(tmp_path: Path) ->
     assert result["growth_kb"] < 8 * 1024, result  # a few 256 KiB chunks, not the 16 MB tensors
 
 
-_WRITE_DIST = """
-import io, sys
-from argparse import Namespace
-from pathlib import Path
-import torch
-import torch.distributed.checkpoint as dcp
-folder = Path(sys.argv[1])
-n = 4_000_000  # one bf16 parameter: its fp32 bucket state is 16 MB per tensor
+def write_dp_reshardable(folder: Path, weights: dict, state: dict) -> None:
+    """A one-bucket dp_reshardable torch_dist folder as Megatron's strategy writes it (DCP, its
+    ShardedObjects as torch.save'd bytes entries), TP 1, bf16 weights in registration order and
+    the bucket's fp32 `state` (param, exp_avg, exp_avg_sq)."""
+    import io
+    from argparse import Namespace
 
+    import torch
+    import torch.distributed.checkpoint as dcp
 
-class RawBytes(dcp.DefaultSavePlanner):  # as Megatron's planner: a BytesIO is written as it is
-    def resolve_data(self, write_item):
-        obj = self.lookup_object(write_item.index)
-        return obj if isinstance(obj, io.BytesIO) else super().resolve_data(write_item)
+    class RawBytes(dcp.DefaultSavePlanner):  # as Megatron's planner: a BytesIO is written as is
+        def resolve_data(self, write_item):  # noqa: ANN001, ANN202
+            obj = self.lookup_object(write_item.index)
+            return obj if isinstance(obj, io.BytesIO) else super().resolve_data(write_item)
 
+    def pickled(obj: object) -> io.BytesIO:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        buf.seek(0)
+        return buf
 
-def pickled(obj):  # Megatron's ShardedObjects: torch.save'd bytes entries
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return buf
-
-
-
-w = torch.linspace(-1, 1, n).to(torch.bfloat16)
-group = "optimizer.distributed.dp_group_idx_0."
-bucket = group + "gbuf_idx_0.dtype_(torch.bfloat16, torch.float32).bucket_idx_0."
-groups = [{"lr": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0, "step": 1.0}]
-dcp.save({
-    "decoder.final_layernorm.weight": w,
-    bucket + "param": w.float(), bucket + "exp_avg": torch.ones(n), bucket + "exp_avg_sq": torch.ones(n),
-    group + "per_bucket_numel_unpadded/shard_0_1": pickled([{(torch.bfloat16, torch.float32): [n]}]),
-    group + "optimizer/shard_0_1": pickled([{"param_groups": groups}]),
-}, checkpoint_id=folder, planner=RawBytes())
-content = {"distrib_optim_sharding_type": "dp_reshardable"}
-torch.save({"args": Namespace(tensor_model_parallel_size=1), "iteration": 1,
-            "content_metadata": content}, folder / "common.pt")
-(folder / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
-"""
+    n = len(state["param"])
+    group = "optimizer.distributed.dp_group_idx_0."
+    bucket = group + "gbuf_idx_0.dtype_(torch.bfloat16, torch.float32).bucket_idx_0."
+    hp = [{"lr": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0, "step": 1.0}]
+    objects = {
+        "per_bucket_numel_unpadded/shard_0_1": [{(torch.bfloat16, torch.float32): [n]}],
+        "optimizer/shard_0_1": [{"param_groups": hp}],
+    }
+    sd = {**weights, **{bucket + k: v for k, v in state.items()}}
+    sd |= {group + k: pickled(v) for k, v in objects.items()}
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(sd, checkpoint_id=folder, planner=RawBytes())
+    content = {"distrib_optim_sharding_type": "dp_reshardable"}
+    common = {"args": Namespace(), "iteration": 1, "content_metadata": content}
+    torch.save(common, folder / "common.pt")
+    (folder / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
 
 
 def test_streaming_a_large_dp_reshardable_bucket_keeps_memory_bounded(tmp_path: Path) -> None:
+    import torch
+
+    n = 4_000_000  # one bf16 parameter: its fp32 bucket state is 16 MB per tensor
+    w = torch.linspace(-1, 1, n).to(torch.bfloat16)
     folder = tmp_path / "iter_0000001"
-    subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITE_DIST), str(folder)], check=True)
+    state = {"param": w.float(), "exp_avg": torch.ones(n), "exp_avg_sq": torch.ones(n)}
+    write_dp_reshardable(folder, {"decoder.final_layernorm.weight": w}, state)
+    del w, state
     result = stream_rss(MegatronDistReader, folder)
     assert result["n"] == 4_000_000
     assert result["m_total"] == 4_000_000 - (1 << 16)  # every chunk after the first was read
@@ -244,50 +250,15 @@ def test_layouts_adamscope_does_not_read_are_refused_in_one_line(tmp_path: Path)
         MegatronDistReader(folder, options=ReaderOptions())
 
 
-_WRITE_TIED = """
-import io, sys
-from argparse import Namespace
-from pathlib import Path
-import torch
-import torch.distributed.checkpoint as dcp
-folder = Path(sys.argv[1])
-
-
-class RawBytes(dcp.DefaultSavePlanner):  # as Megatron's planner: a BytesIO is written as it is
-    def resolve_data(self, write_item):
-        obj = self.lookup_object(write_item.index)
-        return obj if isinstance(obj, io.BytesIO) else super().resolve_data(write_item)
-
-
-def pickled(obj):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return buf
-
-
-# two norms still at 1.0 in bf16 (registered a, b: the buffer holds b at 0, a at 64)
-ones = torch.ones(16, dtype=torch.bfloat16)
-state = {"param": torch.ones(80), "exp_avg": torch.cat([torch.full((64,), 1.0), torch.full((16,), 2.0)])}
-state["exp_avg_sq"] = state["exp_avg"].clone()
-group = "optimizer.distributed.dp_group_idx_0."
-bucket = group + "gbuf_idx_0.dtype_(torch.bfloat16, torch.float32).bucket_idx_0."
-groups = [{"lr": 0.1, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.0, "step": 1.0}]
-dcp.save({
-    "a.weight": ones, "b.weight": ones.clone(),
-    **{bucket + k: v for k, v in state.items()},
-    group + "per_bucket_numel_unpadded/shard_0_1": pickled([{(torch.bfloat16, torch.float32): [80]}]),
-    group + "optimizer/shard_0_1": pickled([{"param_groups": groups}]),
-}, checkpoint_id=folder, planner=RawBytes())
-content = {"distrib_optim_sharding_type": "dp_reshardable"}
-torch.save({"args": Namespace(), "iteration": 1, "content_metadata": content}, folder / "common.pt")
-(folder / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
-"""
-
-
 def test_parameters_the_files_cannot_tell_apart_are_refused_unless_named(tmp_path: Path) -> None:
+    import torch
+
+    # two norms still at 1.0 in bf16, registered a then b: the buffer holds b at 0, a at 64
+    ones = torch.ones(16, dtype=torch.bfloat16)
+    m = torch.cat([torch.full((64,), 1.0), torch.full((16,), 2.0)])
     folder = tmp_path / "iter_0000001"
-    subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITE_TIED), str(folder)], check=True)
+    state = {"param": torch.ones(80), "exp_avg": m, "exp_avg_sq": m.clone()}
+    write_dp_reshardable(folder, {"a.weight": ones, "b.weight": ones.clone()}, state)
     reader = MegatronDistReader(folder, options=ReaderOptions())
     with pytest.raises(NamingError, match="fit 2 parameters whose saved weights are identical"):
         list(reader.iter_tensors())
