@@ -110,7 +110,8 @@ def _by_group(reader: MegatronDistReader) -> dict[int, dict[str, Any]]:
 
 
 def _order(reader: MegatronDistReader) -> list[_Param]:
-    """Registration order: the model keys' order in .metadata, or `--model`'s names list."""
+    """The parameters to place: `--model`'s names list (registration order), or all of them (in
+    no order: `match` places them by content)."""
     if reader.options.model is None:
         return reader.params
     from adamscope.readers import guard
@@ -139,27 +140,14 @@ def _slots(
 ) -> dict[str, tuple[_Coalesced, _Coalesced, ml.Slot]]:
     """name -> (m, v, slot) of every parameter in tensor-parallel rank k's buffers."""
     source = f"{reader.folder} (dp_group_idx_{k})"
-    unpadded = ml_list(group["objects"].get("per_bucket_numel_unpadded"), source=source)
+    unpadded = _per_bucket(group["objects"].get("per_bucket_numel_unpadded"), source=source)
     order = _order(reader)
     out = {}
     for (gbuf, pdtype), buckets in sorted(group["buckets"].items()):
         if sorted(buckets) != list(range(len(buckets))):
             raise CorruptCheckpointError(f"{source}: buckets {sorted(buckets)} of buffer {gbuf}")
         sizes = _bucket_sizes(unpadded, gbuf, pdtype, source=source)
-        states = {}
-        for state in ("param", "exp_avg", "exp_avg_sq"):
-            flats = []
-            for b in range(len(buckets)):
-                entry = buckets[b].get(state)
-                if entry is None:
-                    raise CorruptCheckpointError(f"{source}: bucket {b} has no '{state}'")
-                flats.append(_Flat(entry, source=reader.folder))
-            states[state] = _Coalesced(flats)
-        if [f.numel for f in states["param"].flats] != sizes:
-            raise CorruptCheckpointError(
-                f"{source}: bucket tensors hold {[f.numel for f in states['param'].flats]} "
-                f"elements, per_bucket_numel_unpadded says {sizes}"
-            )
+        states = _bucket_states(buckets, sizes, source=source, folder=reader.folder)
         members = [p for p in order if reader.entries[p.key].dtype == pdtype]
         shard = {p.name: _shard(p, k, tp, source=source) for p in members}
         sized = [(p.name, ml.numel(local(shard[p.name], p.layer))) for p in members]
@@ -180,6 +168,27 @@ def _slots(
     return out
 
 
+def _bucket_states(
+    buckets: dict[int, dict[str, dcp._Entry]], sizes: list[int], *, source: str, folder: Path
+) -> dict[str, _Coalesced]:
+    """One buffer's param / exp_avg / exp_avg_sq, each its buckets one after the other."""
+    states = {}
+    for state in ("param", "exp_avg", "exp_avg_sq"):
+        flats = []
+        for b in range(len(buckets)):
+            entry = buckets[b].get(state)
+            if entry is None:
+                raise CorruptCheckpointError(f"{source}: bucket {b} has no '{state}'")
+            flats.append(_Flat(entry, source=folder))
+        states[state] = _Coalesced(flats)
+        if [f.numel for f in flats] != sizes:
+            raise CorruptCheckpointError(
+                f"{source}: bucket '{state}' tensors hold {[f.numel for f in flats]} elements, "
+                f"per_bucket_numel_unpadded says {sizes}"
+            )
+    return states
+
+
 def _shard(p: _Param, k: int, tp: int, *, source: str) -> dcp._Chunk:
     if len(p.shards) == 1:
         return p.shards[0]
@@ -190,7 +199,7 @@ def _shard(p: _Param, k: int, tp: int, *, source: str) -> dcp._Chunk:
     )
 
 
-def ml_list(entry: dcp._Entry | None, *, source: str) -> list:
+def _per_bucket(entry: dcp._Entry | None, *, source: str) -> list:
     if entry is None:
         raise CorruptCheckpointError(f"{source}: no per_bucket_numel_unpadded")
     value = small(entry)
