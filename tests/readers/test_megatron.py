@@ -267,3 +267,19 @@ def test_parameters_the_files_cannot_tell_apart_are_refused_unless_named(tmp_pat
     )
     means = {ts.name: float(next(ts.chunks(16))[1].mean()) for ts in named.iter_tensors()}
     assert means == {"a.weight": 2.0, "b.weight": 1.0}
+
+
+def test_a_buffer_no_saved_weight_explains_is_refused(tmp_path: Path) -> None:
+    import torch
+
+    # the master weights at 0 are not the saved weights of the one parameter (a frozen
+    # parameter's slot, or another layout): refused, not read under its name
+    folder = tmp_path / "iter_0000001"
+    state = {
+        "param": torch.full((16,), 3.0),
+        "exp_avg": torch.ones(16),
+        "exp_avg_sq": torch.ones(16),
+    }
+    write_dp_reshardable(folder, {"a.weight": torch.ones(16, dtype=torch.bfloat16)}, state)
+    with pytest.raises(NamingError, match="no parameter's saved weights match .* element 0"):
+        list(MegatronDistReader(folder, options=ReaderOptions()).iter_tensors())
