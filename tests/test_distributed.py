@@ -23,6 +23,7 @@ SOURCES = {
     "olmo_core/run": [],  # OLMo-core's Checkpointer: DCP in stepN/model_and_optim/, 2 steps
     "dcp_safetensors/hf_run": HP_FLAGS,  # HuggingFaceStorageWriter per-rank files, 2 steps
     "orbax/run": HP_FLAGS,  # Orbax + optax, 2 steps (needs tensorstore)
+    "megatron/tp1/dp_reshardable": [],  # Megatron-core torch_dist, iterations 2 and 3
 }
 
 

@@ -57,6 +57,12 @@ _RECORDS = frozenset(
     )
 ) | {
     "torch.distributed.checkpoint.filesystem._StorageInfo",
+    # Megatron-core's torch_dist strategy keeps the save plans in the metadata (cached for the
+    # next save): the planner's classes, inert records like the rest
+    "torch.distributed.checkpoint.planner.SavePlan",
+    "torch.distributed.checkpoint.planner.WriteItem",
+    "torch.distributed.checkpoint.planner.WriteItemType",
+    "torch.distributed.checkpoint.planner.TensorWriteData",
     # OLMo-core's writer pickles its own copy (relative_path, offset, length: as torch's)
     "olmo_core.distributed.checkpoint.filesystem._StorageInfo",
 }
@@ -499,8 +505,8 @@ class DCPReader:
             raise UnsupportedFormatError(f"{self.path}: no .metadata + *.distcp (not a DCP folder)")
         if (self.folder / "common.pt").is_file() and (self.folder / "metadata.json").is_file():
             raise UnsupportedFormatError(
-                f"{self.folder}: a Megatron torch_dist checkpoint (common.pt + metadata.json); "
-                "its optimizer layout is not supported yet"
+                f"{self.folder}: a Megatron torch_dist checkpoint (common.pt + metadata.json): "
+                "read it with the megatron-torch-dist reader (auto-detected)"
             )
         self.entries = read_metadata(self.folder)
         self.states: dict[str, dict[str, _Entry]] = {}

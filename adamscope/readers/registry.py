@@ -35,6 +35,8 @@ def _register_builtin() -> None:
     from adamscope.readers.deepspeed import DeepSpeedReader, DeepSpeedUniversalReader
     from adamscope.readers.hf_trainer import HFTrainerReader
     from adamscope.readers.lightning import LightningReader
+    from adamscope.readers.megatron import MegatronDistReader
+    from adamscope.readers.megatron_legacy import MegatronLegacyReader
     from adamscope.readers.nanogpt import NanoGPTReader
     from adamscope.readers.orbax import OrbaxReader
     from adamscope.readers.safetensors_optim import SafetensorsOptimReader
@@ -45,6 +47,8 @@ def _register_builtin() -> None:
     for reader in (
         DeepSpeedReader,
         DeepSpeedUniversalReader,
+        MegatronDistReader,  # a DCP folder with common.pt + metadata.json: before DCPReader
+        MegatronLegacyReader,
         DCPReader,
         HFStorageReader,
         OrbaxReader,

@@ -69,6 +69,11 @@ STUBBED_GLOBALS: set[str] = {
     "omegaconf.base.Metadata",
     "omegaconf.nodes.AnyNode",
     "typing.Any",
+    # Megatron-LM's legacy checkpoints pickle numpy's RNG state (an ndarray) beside the model:
+    # the array becomes a Stub recording its raw state, nothing of numpy is imported or run
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray",
 }
 
 # tensor subclasses rebuilt from their recorded codes and scales (torchao's quantized optimizer
