@@ -192,6 +192,7 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
         offsets = None if offset is None else _ints(offset, source=source, what="an offset")
         storage[(index.get("fqn"), offsets)] = info
     planner = md.get("planner_data") or {}
+    files: dict[str, Path] = {}  # a rank's file is named by thousands of chunks: resolved once
     entries = {}
     for key, meta in md.get("state_dict_metadata").items():
         path = tuple(planner.get(key, ())) or tuple(key.split("."))
@@ -211,7 +212,7 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
                 _Chunk(
                     offsets=offsets or (),
                     sizes=() if c is None else _ints(c.get("sizes"), source=source, what="sizes"),
-                    file=child_path(folder, str(info.get("relative_path")), source=source),
+                    file=_file(files, folder, str(info.get("relative_path")), source),
                     byte_offset=guard.finite_int(
                         info.get("offset"), source=source, what=f"byte offset of '{key}'"
                     ),
@@ -229,6 +230,13 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
             size = _ints(meta.get("size"), source=source, what=f"size of '{key}'")
         entries[key] = _Entry(key, path, dtype, size, tuple(chunks))
     return entries
+
+
+def _file(files: dict[str, Path], folder: Path, relative: str, source: Path) -> Path:
+    path = files.get(relative)
+    if path is None:
+        path = files[relative] = child_path(folder, relative, source=source)
+    return path
 
 
 def _ints(x: Any, *, source: Path, what: str) -> tuple[int, ...]:
@@ -252,8 +260,6 @@ class _BlobTensor:
     """The tensor inside one chunk's torch.save blob, read by element ranges with pread."""
 
     def __init__(self, chunk: _Chunk) -> None:
-        from adamscope.readers.unpickler import RestrictedUnpickler
-
         self.chunk = chunk
         _check_span(chunk)
         with open(chunk.file, "rb") as f:
@@ -274,22 +280,8 @@ class _BlobTensor:
                 pkl = min(pkls, key=len)
                 prefix = pkl[: -len("data.pkl")]
                 data = read_member(zf, pkl, limit=guard.PICKLE_BYTES, source=chunk.file)
-                check_pickle(data, source=f"{chunk.file}: chunk data.pkl")
-                found: list[tuple] = []
-
-                def make_tensor(storage, offset, shape, stride, dtype):  # noqa: ANN001, ANN202
-                    found.append((storage, offset, shape, stride, dtype))
-                    return found[-1]
-
-                RestrictedUnpickler(
-                    io.BytesIO(data), source=str(chunk.file), make_tensor=make_tensor
-                ).load()
-                if len(found) != 1:
-                    raise CorruptCheckpointError(
-                        f"{chunk.file}: chunk blob holds {len(found)} tensors"
-                    )
-                storage, self.offset, self.shape, stride, self.dtype = found[0]
-                info = zf.getinfo(f"{prefix}data/{storage.key}")
+                key, self.offset, self.shape, stride, self.dtype = _blob_tensor(data, chunk.file)
+                info = zf.getinfo(f"{prefix}data/{key}")
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise UnsupportedFormatError(f"{chunk.file}: compressed chunk storage")
                 self.data_start = member_data_start(
@@ -319,6 +311,47 @@ class _BlobTensor:
 
         pos = self.data_start + (self.offset + start) * self.itemsize
         return buffers.pread(self.chunk.file, pos, stop - start, self.torch_dtype)
+
+    def read_into(self, start: int, stop: int, out: Any) -> None:
+        """Elements [start, stop) into the contiguous 1-D CPU tensor `out` (of this dtype)."""
+        from adamscope.readers import buffers
+
+        if out.dtype != self.torch_dtype or not 0 <= start <= stop <= self.numel:
+            out.copy_(self.read(start, stop))
+            return
+        buffers.pread_into(
+            self.chunk.file, self.data_start + (self.offset + start) * self.itemsize, out
+        )
+
+
+_BLOB_PICKLES: dict[bytes, tuple] = {}  # data.pkl bytes -> the one tensor record it holds
+_BLOB_PICKLES_MAX = 4096
+
+
+def _blob_tensor(data: bytes, file: Path) -> tuple:
+    """(storage key, offset, shape, stride, dtype) of the one tensor a chunk blob's data.pkl
+    holds, after the pickle checks. The shards of a tensor (and tensors of one shape) have the
+    same data.pkl bytes, so a checkpoint of thousands of blobs has a few hundred different ones:
+    each is checked and unpickled once (the record is a function of the bytes alone)."""
+    from adamscope.readers.unpickler import RestrictedUnpickler
+
+    record = _BLOB_PICKLES.get(data)
+    if record is not None:
+        return record
+    check_pickle(data, source=f"{file}: chunk data.pkl")
+    found: list[tuple] = []
+
+    def make_tensor(storage, offset, shape, stride, dtype):  # noqa: ANN001, ANN202
+        found.append((storage.key, offset, tuple(shape), tuple(stride), dtype))
+        return found[-1]
+
+    RestrictedUnpickler(io.BytesIO(data), source=str(file), make_tensor=make_tensor).load()
+    if len(found) != 1:
+        raise CorruptCheckpointError(f"{file}: chunk blob holds {len(found)} tensors")
+    if len(_BLOB_PICKLES) >= _BLOB_PICKLES_MAX:
+        _BLOB_PICKLES.clear()
+    _BLOB_PICKLES[data] = found[0]
+    return found[0]
 
 
 class _SliceFile(io.RawIOBase):
@@ -610,9 +643,18 @@ def _pieces(
 
 
 def _stream(pieces: list[tuple[int, _Chunk, _Chunk, _Chunk | None]], n: int) -> Iterator[tuple]:
-    for start, cm, cv, cmax in pieces:
+    """Chunks of at most n elements over the shards (from many .distcp files): each shard's
+    blobs are parsed and read on `fanout`'s reader threads."""
+    from adamscope.readers import fanout
+
+    def sources(cm: _Chunk, cv: _Chunk, cmax: _Chunk | None) -> fanout.Sources:
         m, v = chunk_tensor(cm), chunk_tensor(cv)
-        vmax = None if cmax is None else chunk_tensor(cmax)
-        for a in range(0, m.numel, n):
-            b = min(a + n, m.numel)
-            yield start + a, m.read(a, b), v.read(a, b), None if vmax is None else vmax.read(a, b)
+        return m, v, None if cmax is None else chunk_tensor(cmax)
+
+    return fanout.stream(
+        [
+            fanout.Piece(start, math.prod(cm.sizes), lambda a=cm, b=cv, c=cmax: sources(a, b, c))
+            for start, cm, cv, cmax in pieces
+        ],
+        n,
+    )

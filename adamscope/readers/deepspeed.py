@@ -196,14 +196,20 @@ class _OpenFiles:
 
 
 def stream_fragments(frags: list[_Fragment], n: int, files: _OpenFiles) -> Iterator[tuple]:
-    """Chunks (offset, m, v, vmax) of at most n elements, fragment after fragment."""
-    for f in frags:
-        for k in range(0, f.count, n):
-            a, b = f.start + k, f.start + min(k + n, f.count)
-            vmax = None if f.vmax is None else f.vmax.read(a, b)
-            yield f.offset + k, f.m.read(a, b), f.v.read(a, b), vmax
-        for t in (f.m, f.v, f.vmax):
+    """Chunks (offset, m, v, vmax) of at most n elements over the fragments (one chunk spans
+    several small fragments of consecutive ranks), read on `fanout`'s reader threads."""
+    from adamscope.readers import fanout
+
+    pieces = [
+        fanout.Piece(f.offset, f.count, lambda f=f: (f.m, f.v, f.vmax), start=f.start)
+        for f in frags
+    ]
+
+    def done(sources: fanout.Sources) -> None:
+        for t in sources:
             files.touch(t)
+
+    return fanout.stream(pieces, n, done=done)
 
 
 class DeepSpeedReader:
