@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adamscope.perf.bench import _analyze, _peak_rss, _warm, parse_count
+from adamscope.perf.bench import _analyze, _measure, _peak_rss, _warm, parse_count
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ _DS_HINT = "DS_BUILD_OPS=0 pip install deepspeed (or --deepspeed-path DIR)"
 
 
 # ---- one measurement, in a child process --------------------------------------------------------
-def _child(kind: str, ckpt: str, out: str) -> None:
-    """Runs in a fresh interpreter; writes the measurement's JSON to `out`."""
+def _child(kind: str, ckpt: str, device: str, out: str) -> None:
+    """Runs in a fresh interpreter (`bench._measure`); writes the measurement's JSON to `out`.
+    Reductions run on the CPU (`device` is bench's argument, unused here)."""
     path = Path(ckpt)
     fn = {
         "read": _read,
@@ -199,32 +200,6 @@ def _rss(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def _measure(kind: str, ckpt: Path, env: dict[str, str]) -> dict[str, Any]:
-    fd, out = tempfile.mkstemp(prefix="adamscope-bench-", suffix=".json")
-    os.close(fd)
-    try:
-        code = "import sys; from adamscope.perf.shards_bench import _child; _child(*sys.argv[1:])"
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-c", code, kind, str(ckpt), out],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-        )
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            from adamscope.errors import AdamscopeError
-
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
-            raise AdamscopeError(f"bench --shards: the {kind} measurement failed: {tail[0]}")
-        data = json.loads(Path(out).read_text())
-    finally:
-        Path(out).unlink(missing_ok=True)
-    data["startup_s"] = wall - data["work_s"]
-    return data
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -402,7 +377,7 @@ def run_shards_bench(
                 runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
                 for rep in range(reps):
                     for k in kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]:
-                        r = _measure(k, path, env)
+                        r = _measure(k, path, "cpu", module=__name__, env=env)
                         runs[k].append(r)
                         say(f"  {fmt} w{w} rep {rep + 1}/{reps} {k}: {r['work_s']:.2f} s")
                 files = _files(path)
