@@ -19,12 +19,13 @@ Pickles hold DeepSpeed objects: they are read with the restricted unpickler (stu
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ class _Fragment:
     offset: int
 
 
-_Layout = list[tuple[str, tuple[int, ...], list[_Fragment]]]
+# (name, shape, its fragments or a function making them)
+_Layout = list[tuple[str, tuple[int, ...], Any]]
 
 
 def _flat_tensors(state: dict, *, source: Path) -> tuple[Any, Any, Any]:
@@ -211,11 +213,16 @@ class _OpenFiles:
             oldest.close()
 
 
-def stream_fragments(frags: list[_Fragment], n: int, files: _OpenFiles) -> Iterator[tuple]:
+def stream_fragments(
+    frags: list[_Fragment] | Callable[[], list[_Fragment]], n: int, files: _OpenFiles
+) -> Iterator[tuple]:
     """Chunks (offset, m, v, vmax) of at most n elements over the fragments (one chunk spans
-    several small fragments of consecutive ranks), read on `fanout`'s reader threads."""
+    several small fragments of consecutive ranks), read on `fanout`'s reader threads. `frags`
+    may be a function making them: called here, for a tensor that is read."""
     from adamscope.readers import fanout
 
+    if callable(frags):
+        frags = frags()
     pieces = [
         fanout.Piece(f.offset, f.count, lambda f=f: (f.m, f.v, f.vmax), start=f.start)
         for f in frags
@@ -419,14 +426,20 @@ class DeepSpeedReader:
         flats = [_flat_tensors(st, source=self.folder) for st in states]
         within = 0
         for (name, shape), c in zip(shapes.items(), per_rank, strict=True):
-            numel = math.prod(shape)
-            frags = []
-            for rank in range(self.world):
-                count = max(0, min(c, numel - rank * c))
-                if count:
-                    frags.append(_bounded(flats[rank], within, count, rank * c, source=self.folder))
-            yield [(name, shape, frags)]
+            # a tensor's fragments are made when it is read: under torchrun a process reads
+            # 1/world of the tensors and so lays out only those
+            make = functools.partial(self._stage3_tensor, flats, within, c, math.prod(shape))
+            yield [(name, shape, make)]
             within += c
+
+    def _stage3_tensor(self, flats: list, within: int, c: int, numel: int) -> list[_Fragment]:
+        """The fragments of one stage-3 tensor: c elements at `within` of each rank's flats."""
+        frags = []
+        for rank in range(self.world):
+            count = max(0, min(c, numel - rank * c))
+            if count:
+                frags.append(_bounded(flats[rank], within, count, rank * c, source=self.folder))
+        return frags
 
     def _frag(self, state: dict, start: int, count: int, offset: int) -> _Fragment:
         return _checked_fragment(state, start, count, offset, source=self.folder)
