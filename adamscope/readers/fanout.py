@@ -27,9 +27,20 @@ from adamscope.errors import CorruptCheckpointError
 # reader threads shared by every stream: reads release the GIL, so a few keep a disk queue (or
 # the page cache's copies) busy; ADAMSCOPE_READ_THREADS overrides, 1 reads in the caller's thread
 _DEFAULT_THREADS = 4
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pools: dict[int, ThreadPoolExecutor] = {}  # by size: a stream never loses its pool midway
 _pool_lock = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """In a forked child: the parent's pool threads do not exist there (a submit would wait
+    forever); new pools are made on demand."""
+    global _pool_lock
+    _pools.clear()
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
 
 Sources = tuple[Any, Any, Any]  # (m, v, max v or None): objects with numel, dtype, read(a, b)
 Chunk = tuple[int, Any, Any, Any]
@@ -57,16 +68,15 @@ def threads() -> int:
 
 
 def _executor(n: int) -> ThreadPoolExecutor | None:
-    global _pool, _pool_size
     if n <= 1:
         return None
     with _pool_lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="adamscope-read")
-            _pool_size = n
-        return _pool
+        pool = _pools.get(n)
+        if pool is None:
+            pool = _pools[n] = ThreadPoolExecutor(
+                max_workers=n, thread_name_prefix="adamscope-read"
+            )
+        return pool
 
 
 # one chunk: its flat start, its length, and (piece index, first, stop within the piece, place)
@@ -170,7 +180,8 @@ def stream(
     if not chunks:
         return
     opened = _Opened(pieces)
-    pool = _executor(threads() if workers is None else workers)
+    size = threads() if workers is None else workers
+    pool = _executor(size)
     last = {i: k for k, (_, _, parts) in enumerate(chunks) for i, _, _, _ in parts}
 
     def submit(k: int) -> tuple[list[Any], list[Future[None]]]:
@@ -180,7 +191,7 @@ def stream(
         if pool is None or len(parts) == 1:
             _task(opened, parts, outs)
             return outs, []
-        return outs, [pool.submit(_task, opened, run, outs) for run in _split(parts, _pool_size)]
+        return outs, [pool.submit(_task, opened, run, outs) for run in _split(parts, size)]
 
     ahead = submit(0)
     for k in range(len(chunks)):

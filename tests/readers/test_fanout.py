@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -105,3 +106,24 @@ def test_done_is_called_once_per_piece_after_its_last_chunk() -> None:
     seen = []
     list(fanout.stream(pieces, 4, done=lambda src: seen.append(src), workers=4))
     assert len(seen) == 3 and all(s is p.sources() for s, p in zip(seen, pieces, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_reads_with_its_own_pool() -> None:
+    """The parent's reader threads do not exist in a forked child: it must not wait for them."""
+    pieces, m, _ = _pieces([6] * 8, seed=2)
+    assert torch.equal(_collect(pieces, 20, workers=4)[1], m)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when its read is right
+        ok = torch.equal(_collect(pieces, 20, workers=4)[1], m)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's read hung")
