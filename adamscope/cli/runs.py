@@ -129,9 +129,24 @@ def bench(
     threads: Annotated[
         int, typer.Option(min=0, help="With --monitor: torch threads for training (0: as set).")
     ] = 1,
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            help="Measure many-shard checkpoints instead: ZeRO-3 and DCP at these rank counts "
+            "(8,16,32,64), analyze next to ds_to_universal / dcp_to_torch_save."
+        ),
+    ] = None,
+    shard_params: Annotated[
+        str, typer.Option(help="With --shards: parameters of every checkpoint.")
+    ] = "64M",
+    deepspeed_path: Annotated[
+        Path | None,
+        typer.Option(help="With --shards: a folder holding deepspeed (pip install --target)."),
+    ] = None,
 ) -> None:
     """Measure analyze against the floor (reading every byte) and a hand-written numpy script;
-    with --monitor, the live monitor's share of training step time."""
+    with --monitor, the live monitor's share of training step time; with --shards, checkpoints
+    of many rank files against the frameworks' converters."""
     if monitor:
         from adamscope.perf.monitor_bench import run_monitor_bench
 
@@ -145,6 +160,21 @@ def bench(
             say=lambda x: typer.echo(x, err=True),
         )
         typer.echo(res.report())
+        return
+    if shards:
+        from adamscope.perf.bench import parse_count
+        from adamscope.perf.shards_bench import parse_ranks, run_shards_bench
+
+        typer.echo(
+            run_shards_bench(
+                ranks=parse_ranks(shards),
+                params=parse_count(shard_params),
+                reps=reps,
+                workdir=workdir,
+                deepspeed_path=deepspeed_path,
+                say=lambda x: typer.echo(x, err=True),
+            ).report()
+        )
         return
     from adamscope.perf.bench import KINDS, parse_count, run_bench
 

@@ -267,17 +267,26 @@ def _analyze(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _measure(kind: str, ckpt: Path, device: str) -> dict[str, Any]:
+def _measure(
+    kind: str,
+    ckpt: Path,
+    device: str,
+    *,
+    module: str = "adamscope.perf.bench",
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One measurement in a fresh interpreter: `module`'s `_child(kind, ckpt, device, out)`."""
     fd, out = tempfile.mkstemp(prefix="adamscope-bench-", suffix=".json")
     os.close(fd)
     try:
-        code = "import sys; from adamscope.perf.bench import _child; _child(*sys.argv[1:])"
+        code = f"import sys; from {module} import _child; _child(*sys.argv[1:])"
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code, kind, str(ckpt), device, out],
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:

@@ -70,13 +70,22 @@ def pread(file: str | os.PathLike[str], pos: int, n: int, dtype: torch.dtype) ->
     Raises:
         CorruptCheckpointError: the file ends before the n elements do.
     """
+    out = empty(max(0, n), dtype)
+    if n > 0:
+        pread_into(file, pos, out)
+    return out
+
+
+def pread_into(file: str | os.PathLike[str], pos: int, out: torch.Tensor) -> None:
+    """Fill the contiguous CPU tensor `out` with the bytes from byte `pos` of `file`.
+
+    Raises:
+        CorruptCheckpointError: the file ends before `out` is full.
+    """
     import torch
 
     from adamscope.errors import CorruptCheckpointError
 
-    out = empty(max(0, n), dtype)
-    if n <= 0:
-        return out
     buf = memoryview(out.view(torch.uint8).numpy()).cast("B")
     fd = os.open(file, os.O_RDONLY)
     try:
@@ -88,7 +97,6 @@ def pread(file: str | os.PathLike[str], pos: int, n: int, dtype: torch.dtype) ->
             done += got
     finally:
         os.close(fd)
-    return out
 
 
 def _free(i: int) -> bool:

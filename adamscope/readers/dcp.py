@@ -199,7 +199,7 @@ def _entries(md: _Record, folder: Path, source: Path) -> dict[str, _Entry]:
         storage[(index.get("fqn"), offsets)] = info
     planner = md.get("planner_data") or {}
     entries = {}
-    files: dict[str, Path] = {}  # relative_path -> checked path: a few files for a million chunks
+    files: dict[str, Path] = {}  # a rank's file is named by thousands of chunks: resolved once
     for key, meta in md.get("state_dict_metadata").items():
         path = tuple(planner.get(key, ())) or tuple(key.split("."))
         chunks = []
@@ -276,8 +276,6 @@ class _BlobTensor:
     """The tensor inside one chunk's torch.save blob, read by element ranges with pread."""
 
     def __init__(self, chunk: _Chunk) -> None:
-        from adamscope.readers.unpickler import RestrictedUnpickler
-
         self.chunk = chunk
         _check_span(chunk)
         with open(chunk.file, "rb") as f:
@@ -298,22 +296,8 @@ class _BlobTensor:
                 pkl = min(pkls, key=len)
                 prefix = pkl[: -len("data.pkl")]
                 data = read_member(zf, pkl, limit=guard.PICKLE_BYTES, source=chunk.file)
-                check_pickle(data, source=f"{chunk.file}: chunk data.pkl")
-                found: list[tuple] = []
-
-                def make_tensor(storage, offset, shape, stride, dtype):  # noqa: ANN001, ANN202
-                    found.append((storage, offset, shape, stride, dtype))
-                    return found[-1]
-
-                RestrictedUnpickler(
-                    io.BytesIO(data), source=str(chunk.file), make_tensor=make_tensor
-                ).load()
-                if len(found) != 1:
-                    raise CorruptCheckpointError(
-                        f"{chunk.file}: chunk blob holds {len(found)} tensors"
-                    )
-                storage, self.offset, self.shape, stride, self.dtype = found[0]
-                info = zf.getinfo(f"{prefix}data/{storage.key}")
+                key, self.offset, self.shape, stride, self.dtype = _blob_tensor(data, chunk.file)
+                info = zf.getinfo(f"{prefix}data/{key}")
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise UnsupportedFormatError(f"{chunk.file}: compressed chunk storage")
                 self.data_start = member_data_start(
@@ -343,6 +327,47 @@ class _BlobTensor:
 
         pos = self.data_start + (self.offset + start) * self.itemsize
         return buffers.pread(self.chunk.file, pos, stop - start, self.torch_dtype)
+
+    def read_into(self, start: int, stop: int, out: Any) -> None:
+        """Elements [start, stop) into the contiguous 1-D CPU tensor `out` (of this dtype)."""
+        from adamscope.readers import buffers
+
+        if out.dtype != self.torch_dtype or not 0 <= start <= stop <= self.numel:
+            out.copy_(self.read(start, stop))
+            return
+        buffers.pread_into(
+            self.chunk.file, self.data_start + (self.offset + start) * self.itemsize, out
+        )
+
+
+_BLOB_PICKLES: dict[bytes, tuple] = {}  # data.pkl bytes -> the one tensor record it holds
+_BLOB_PICKLES_MAX = 4096
+
+
+def _blob_tensor(data: bytes, file: Path) -> tuple:
+    """(storage key, offset, shape, stride, dtype) of the one tensor a chunk blob's data.pkl
+    holds, after the pickle checks. The shards of a tensor (and tensors of one shape) have the
+    same data.pkl bytes, so a checkpoint of thousands of blobs has a few hundred different ones:
+    each is checked and unpickled once (the record is a function of the bytes alone)."""
+    from adamscope.readers.unpickler import RestrictedUnpickler
+
+    record = _BLOB_PICKLES.get(data)
+    if record is not None:
+        return record
+    check_pickle(data, source=f"{file}: chunk data.pkl")
+    found: list[tuple] = []
+
+    def make_tensor(storage, offset, shape, stride, dtype):  # noqa: ANN001, ANN202
+        found.append((storage.key, offset, tuple(shape), tuple(stride), dtype))
+        return found[-1]
+
+    RestrictedUnpickler(io.BytesIO(data), source=str(file), make_tensor=make_tensor).load()
+    if len(found) != 1:
+        raise CorruptCheckpointError(f"{file}: chunk blob holds {len(found)} tensors")
+    if len(_BLOB_PICKLES) >= _BLOB_PICKLES_MAX:
+        _BLOB_PICKLES.clear()
+    _BLOB_PICKLES[data] = found[0]
+    return found[0]
 
 
 class _SliceFile(io.RawIOBase):
@@ -643,9 +668,18 @@ def _pieces(
 
 
 def _stream(pieces: list[tuple[int, _Chunk, _Chunk, _Chunk | None]], n: int) -> Iterator[tuple]:
-    for start, cm, cv, cmax in pieces:
+    """Chunks of at most n elements over the shards (from many .distcp files): each shard's
+    blobs are parsed and read on `fanout`'s reader threads."""
+    from adamscope.readers import fanout
+
+    def sources(cm: _Chunk, cv: _Chunk, cmax: _Chunk | None) -> fanout.Sources:
         m, v = chunk_tensor(cm), chunk_tensor(cv)
-        vmax = None if cmax is None else chunk_tensor(cmax)
-        for a in range(0, m.numel, n):
-            b = min(a + n, m.numel)
-            yield start + a, m.read(a, b), v.read(a, b), None if vmax is None else vmax.read(a, b)
+        return m, v, None if cmax is None else chunk_tensor(cmax)
+
+    return fanout.stream(
+        [
+            fanout.Piece(start, math.prod(cm.sizes), lambda a=cm, b=cv, c=cmax: sources(a, b, c))
+            for start, cm, cv, cmax in pieces
+        ],
+        n,
+    )

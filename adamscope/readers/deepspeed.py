@@ -19,12 +19,13 @@ Pickles hold DeepSpeed objects: they are read with the restricted unpickler (stu
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,14 +154,12 @@ class _Fragment:
     offset: int
 
 
-_Layout = list[tuple[str, tuple[int, ...], list[_Fragment]]]
+# (name, shape, its fragments or a function making them)
+_Layout = list[tuple[str, tuple[int, ...], Any]]
 
 
-def _checked_fragment(
-    state: dict, start: int, count: int, offset: int, *, source: Path
-) -> _Fragment:
-    """A fragment of a rank's flat m/v (and max v), after checking that the tensors are dense and
-    that [start, start+count) lies inside them."""
+def _flat_tensors(state: dict, *, source: Path) -> tuple[Any, Any, Any]:
+    """A rank's flat m, v (and max v or None), after checking that they are dense tensors."""
     tensors = {k: state.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
     for what, t in tensors.items():
         if t is None and what == "max_exp_avg_sq":
@@ -168,12 +167,31 @@ def _checked_fragment(
         if not is_tensor_like(t):
             raise CorruptCheckpointError(f"{source}: {what} is not a tensor")
         check_dense(t, source=str(source), what=f"flat {what}")
+    m, v, vmax = tensors.values()
+    return m, v, vmax
+
+
+def _checked_fragment(
+    state: dict, start: int, count: int, offset: int, *, source: Path
+) -> _Fragment:
+    """A fragment of a rank's flat m/v (and max v), after checking that the tensors are dense and
+    that [start, start+count) lies inside them."""
+    return _bounded(_flat_tensors(state, source=source), start, count, offset, source=source)
+
+
+def _bounded(
+    flats: tuple[Any, Any, Any], start: int, count: int, offset: int, *, source: Path
+) -> _Fragment:
+    """A fragment of checked flat tensors, once [start, start+count) is inside each of them."""
+    for what, t in zip(("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), flats, strict=True):
+        if t is None:
+            continue
         if start < 0 or count < 0 or start + count > t.numel:
             raise CorruptCheckpointError(
                 f"{source}: fragment [{start}, {start + count}) lies outside the flat {what} of "
                 f"{t.numel} elements"
             )
-    m, v, vmax = tensors.values()
+    m, v, vmax = flats
     return _Fragment(m, v, vmax, start, count, offset)
 
 
@@ -195,15 +213,26 @@ class _OpenFiles:
             oldest.close()
 
 
-def stream_fragments(frags: list[_Fragment], n: int, files: _OpenFiles) -> Iterator[tuple]:
-    """Chunks (offset, m, v, vmax) of at most n elements, fragment after fragment."""
-    for f in frags:
-        for k in range(0, f.count, n):
-            a, b = f.start + k, f.start + min(k + n, f.count)
-            vmax = None if f.vmax is None else f.vmax.read(a, b)
-            yield f.offset + k, f.m.read(a, b), f.v.read(a, b), vmax
-        for t in (f.m, f.v, f.vmax):
+def stream_fragments(
+    frags: list[_Fragment] | Callable[[], list[_Fragment]], n: int, files: _OpenFiles
+) -> Iterator[tuple]:
+    """Chunks (offset, m, v, vmax) of at most n elements over the fragments (one chunk spans
+    several small fragments of consecutive ranks), read on `fanout`'s reader threads. `frags`
+    may be a function making them: called here, for a tensor that is read."""
+    from adamscope.readers import fanout
+
+    if callable(frags):
+        frags = frags()
+    pieces = [
+        fanout.Piece(f.offset, f.count, lambda f=f: (f.m, f.v, f.vmax), start=f.start)
+        for f in frags
+    ]
+
+    def done(sources: fanout.Sources) -> None:
+        for t in sources:
             files.touch(t)
+
+    return fanout.stream(pieces, n, done=done)
 
 
 class DeepSpeedReader:
@@ -323,13 +352,13 @@ class DeepSpeedReader:
                 )
                 continue
             if stage == 3:
-                layout = self._stage3_fragments(shapes, states)
+                layouts: Iterator[_Layout] = self._stage3_fragments(shapes, states)
             elif use_psm:
-                layout = self._mapped_fragments(shapes, states, [m[j] for m in psms])
+                layouts = iter([self._mapped_fragments(shapes, states, [m[j] for m in psms])])
             else:
                 group_pads = pads[j] if isinstance(pads, list) and j < len(pads) else None
-                layout = self._flat_fragments(shapes, states, group_pads)
-            for name, shape, frags in layout:
+                layouts = iter([self._flat_fragments(shapes, states, group_pads)])
+            for name, shape, frags in (t for layout in layouts for t in layout):
                 yield TensorState(
                     name=strip_compile_prefix(name),
                     shape=shape,
@@ -383,26 +412,34 @@ class DeepSpeedReader:
             offset = hi + int(pad)
         return out
 
-    def _stage3_fragments(self, shapes: dict, states: list[dict]) -> _Layout:
-        """Stage 3: each rank holds ceil(numel / W) elements of every parameter of the sub-group."""
-        out, within = [], 0
-        for name, shape in shapes.items():
-            numel = math.prod(shape)
-            per_rank = -(-numel // self.world)
-            frags = []
-            for rank in range(self.world):
-                count = max(0, min(per_rank, numel - rank * per_rank))
-                if count:
-                    frags.append(self._frag(states[rank], within, count, rank * per_rank))
-            out.append((name, shape, frags))
-            within += per_rank
+    def _stage3_fragments(self, shapes: dict, states: list[dict]) -> Iterator[_Layout]:
+        """Stage 3: each rank holds ceil(numel / W) elements of every parameter of the sub-group.
+        Lazily, tensor by tensor: at 1,024 ranks a sub-group is millions of fragments; each rank's
+        flat tensors are checked once, each fragment only against their bounds."""
+        per_rank = [-(-math.prod(shape) // self.world) for shape in shapes.values()]
         size = states[0]["exp_avg"].numel
-        if within > size:
+        if sum(per_rank) > size:
             raise CorruptCheckpointError(
                 f"{self.optim_files[0]}: sub-group partition holds {size} elements, "
-                f"param_shapes need {within}"
+                f"param_shapes need {sum(per_rank)}"
             )
-        return out
+        flats = [_flat_tensors(st, source=self.folder) for st in states]
+        within = 0
+        for (name, shape), c in zip(shapes.items(), per_rank, strict=True):
+            # a tensor's fragments are made when it is read: under torchrun a process reads
+            # 1/world of the tensors and so lays out only those
+            make = functools.partial(self._stage3_tensor, flats, within, c, math.prod(shape))
+            yield [(name, shape, make)]
+            within += c
+
+    def _stage3_tensor(self, flats: list, within: int, c: int, numel: int) -> list[_Fragment]:
+        """The fragments of one stage-3 tensor: c elements at `within` of each rank's flats."""
+        frags = []
+        for rank in range(self.world):
+            count = max(0, min(c, numel - rank * c))
+            if count:
+                frags.append(_bounded(flats[rank], within, count, rank * c, source=self.folder))
+        return frags
 
     def _frag(self, state: dict, start: int, count: int, offset: int) -> _Fragment:
         return _checked_fragment(state, start, count, offset, source=self.folder)

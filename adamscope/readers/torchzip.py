@@ -58,17 +58,33 @@ class _Archive:
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
+        self._readers = 0  # reads in progress with the descriptor
+        self._close_later = False
 
     def fd(self) -> int:
+        with self._lock:
+            return self._open()
+
+    def _open(self) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
             self._finalizer = weakref.finalize(self, os.close, self._fd)
         return self._fd
 
     def close(self) -> None:
+        """Close the descriptor now, or once the reads using it (on reader threads) are done:
+        a descriptor closed under a read could be reused by another file's open."""
+        with self._lock:
+            if self._readers:
+                self._close_later = True
+                return
+            self._close()
+
+    def _close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
         self._fd = None
+        self._close_later = False
 
     def storage_span(self, key: str) -> tuple[int, int]:
         """(byte offset of the data in the file, byte length) of storage `key`."""
@@ -92,8 +108,20 @@ class _Archive:
         return span
 
     def read_into(self, buf: memoryview, offset: int) -> None:
-        """Fill `buf` from byte `offset` of the file with positional reads."""
-        fd, done, total = self.fd(), 0, len(buf)
+        """Fill `buf` from byte `offset` of the file with positional reads (thread-safe)."""
+        with self._lock:
+            fd = self._open()
+            self._readers += 1
+        try:
+            self._pread_all(fd, buf, offset)
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if self._close_later and not self._readers:
+                    self._close()
+
+    def _pread_all(self, fd: int, buf: memoryview, offset: int) -> None:
+        done, total = 0, len(buf)
         while done < total:
             if hasattr(os, "preadv"):
                 n = os.preadv(fd, [buf[done:]], offset + done)
@@ -268,6 +296,29 @@ class LazyTensor:
             self.archive.read_into(_bytes_view(out), offset)
             return out
         return self._gather(start, stop, base, out)
+
+    def read_into(self, start: int, stop: int, out: torch.Tensor) -> None:
+        """Elements [start, stop) in flat order into the contiguous 1-D CPU tensor `out`."""
+        if stop - start != out.numel() or start < 0 or stop > self.numel:
+            raise CorruptCheckpointError(
+                f"{self.archive.path}: elements [{start}, {stop}) of a {self.numel} element tensor"
+            )
+        if not self._contiguous or out.dtype != self.dtype:
+            out.copy_(self.read(start, stop))
+            return
+        if stop > start:
+            offset = self._data_start + (self.storage_offset + start) * self.itemsize
+            self.archive.read_into(_bytes_view(out), offset)
+
+    @cached_property
+    def _contiguous(self) -> bool:
+        return self.is_contiguous
+
+    @cached_property
+    def _data_start(self) -> int:
+        """The storage's data offset in the file, once its bounds are checked (many small
+        reads of one rank's flat state: the check runs once, not per read)."""
+        return self._check_bounds()
 
     def _gather(self, start: int, stop: int, base: int, out: torch.Tensor) -> torch.Tensor:
         """Strided read: storage indices of the requested elements, read in bounded windows."""
