@@ -24,6 +24,7 @@ SOURCES = {
     "dcp_safetensors/hf_run": HP_FLAGS,  # HuggingFaceStorageWriter per-rank files, 2 steps
     "orbax/run": HP_FLAGS,  # Orbax + optax, 2 steps (needs tensorstore)
     "megatron/tp1/dp_reshardable": [],  # Megatron-core torch_dist, iterations 2 and 3
+    "megatron/tp2/legacy": [],  # Megatron-LM --ckpt-format torch, TP 2 x DP 2 (TP shards joined)
 }
 
 
