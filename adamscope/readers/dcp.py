@@ -297,7 +297,13 @@ class _BlobTensor:
                 prefix = pkl[: -len("data.pkl")]
                 data = read_member(zf, pkl, limit=guard.PICKLE_BYTES, source=chunk.file)
                 key, self.offset, self.shape, stride, self.dtype = _blob_tensor(data, chunk.file)
-                info = zf.getinfo(f"{prefix}data/{key}")
+                try:
+                    info = zf.getinfo(f"{prefix}data/{key}")
+                except KeyError:
+                    raise CorruptCheckpointError(
+                        f"{chunk.file}: the blob at byte {chunk.byte_offset} has no storage "
+                        f"{guard.brief(key, 40)} for the tensor its data.pkl describes"
+                    ) from None
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise UnsupportedFormatError(f"{chunk.file}: compressed chunk storage")
                 self.data_start = member_data_start(

@@ -57,6 +57,19 @@ FOUND = [
     (7, "raw", [(0, 623696, 6676967310464493007)]),  # zipfile: "zip file version 20.7"
     # a DeepSpeed param_slice_mappings entry that is a class, not a dict
     (5, "opcodes", [(1, 900618, 16056021853471619221), (2, 1012313, 13002976610629114739)]),
+    # campaign --seed 6 (fifth session): a DCP blob whose data.pkl names a storage it lacks
+    (
+        7,
+        "raw",
+        [
+            (0, 704741, 7090365701366204506),
+            (1, 693818, 7164318962215571364),
+            (4, 832176, 1577272603698312694),
+            (2, 1000684, 5023210276830972926),
+        ],
+    ),
+    # review_ok --seed 5 (fifth session): a BYTEARRAY8 length of 2**55 in a DeepSpeed rank file
+    (5, "pickle", [(4, 179718, 15322712392434452886), (1, 405067, 16297236936337924882)]),
 ]
 
 
