@@ -4,7 +4,8 @@
 scalars in the layout of the torch path (`folder.Folder.block`), so both paths share the float64
 merge. The block is walked in L1-sized tiles; per tile, each step is one simple loop that the
 compiler vectorises: u and r in float32 with torch's order of operations (IEEE, no fast-math), the
-sums in float64 (reassociated, so they vectorise), min/max on order-preserving integer keys. The
+sums in float64 (reassociated, so they vectorise); then per quantity (u, r) one loop for min/max (on
+order-preserving integer keys) and the linear bin, one for both histograms' increments. The
 histogram bins are found without a logarithm:
 
 * linear u/r bins: trunc(clamp(x * scale + offset, 0, nb + 1)) in float32, as the torch path;
