@@ -28,7 +28,6 @@ STEPS = (
     "u and r",
     "finite check",
     "sums",
-    "min/max",
     "linear bins",
     "log |u|",
     "log |r|",
@@ -60,18 +59,16 @@ def _drive(which, m, v, c, tq, tabq, sq, tv, tabv, sv):  # noqa: ANN001, ANN202,
         if which == 3:
             K.sums_tile(xm, xv, xv, tu, tr, tile, 0.0, 0.0, acc, c[8], False)
         if which == 4:
-            K.minmax_tile(tu, tile, mm)
-        if which == 5:
             K.lin_tile(tu, tile, h, c[6], c[7], np.float32(513), idx)
-        if which == 6:
+        if which == 5:
             K.log_tile(tu, tile, h, tq, tabq, sq)
-        if which == 7:
+        if which == 6:
             K.log_tile(tr, tile, h, tq, tabq, sq)
-        if which == 8:
+        if which == 7:
             K.log_tile(xv, tile, h, tv, tabv, sv)
-        if which == 9:
+        if which == 8:
             K.lin_log_tile(tu, tile, h, c[6], c[7], np.float32(513), idx, h2, tq, tabq, sq, mm)
-        if which == 10:
+        if which == 9:
             K.lin_log_tile(tr, tile, h, c[6], c[7], np.float32(513), idx, h2, tq, tabq, sq, mm)
     return total + acc[0] + h2[0]
 

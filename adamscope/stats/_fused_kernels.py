@@ -95,21 +95,6 @@ def sums_tile(m, v, vd, u, r, n, cu, cr, acc, thr, no_thr):
 
 
 @jit
-def minmax_tile(x, n, mm):
-    # on order-preserving int32 keys of the floats (a float min/max loop does not vectorise)
-    bits = x.view(np.int32)
-    lo = mm[0]
-    hi = mm[1]
-    for i in range(n):
-        b = bits[i]
-        key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
-        lo = min(lo, key)
-        hi = max(hi, key)
-    mm[0] = lo
-    mm[1] = hi
-
-
-@jit
 def lin_tile(x, n, h, scale, off, top, idx):
     for i in range(n):
         y = x[i] * scale + off
@@ -138,8 +123,9 @@ def log_tile(x, n, h, thr, table, shift):
 
 @jit
 def lin_log_tile(x, n, h, scale, off, top, idx, hl, thr, table, shift, mm):
-    # minmax_tile, lin_tile and log_tile of the same x in two loops: x is read twice, not four
-    # times, and the two histograms' increments interleave (tools/kernel_parts.py)
+    # min/max (on order-preserving int32 keys: a float min/max loop does not vectorise), lin_tile
+    # and log_tile of the same x in two loops: x is read twice, not four times, and the two
+    # histograms' increments interleave (tools/kernel_parts.py)
     bits = x.view(np.int32)
     lo = mm[0]
     hi = mm[1]
