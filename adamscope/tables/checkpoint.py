@@ -39,7 +39,7 @@ _HIST_SCHEMA = {"quantity": pl.Utf8, "lo": pl.Float64, "hi": pl.Float64, "count"
 
 
 def _bins(sk: Any) -> pl.DataFrame:
-    return pl.DataFrame(sk.histograms(), schema=_HIST_SCHEMA, orient="row")
+    return pl.DataFrame(sk.histogram_columns(), schema=_HIST_SCHEMA)
 
 
 class CheckpointTables:
