@@ -37,6 +37,11 @@ def ur_tile(m, vd, u, r, n, c, paper, inside):
                 mh = m[i] / bc1
                 r[i] = mh / (np.sqrt(vd[i]) / sbc2)
                 u[i] = mh / np.sqrt(vd[i] / bc2 + eps)
+        elif bc1 == 1 and sbc2 == 1:  # past the warm-up (float32 1 - beta**t = 1): x / 1 = x
+            for i in range(n):
+                s = np.sqrt(vd[i])
+                r[i] = m[i] / s
+                u[i] = m[i] / (s + eps)
         else:
             for i in range(n):
                 mh = m[i] / bc1
