@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ def _load(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location("kernels_before", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # numba's disk cache finds the module by name
     spec.loader.exec_module(mod)
     return mod
 
