@@ -110,7 +110,8 @@ def _largest_gap(x, gv, kg, lv, kl):
 
 @jit
 def dip_sorted(x):
-    """Hartigan's dip of sorted float64 x; 0 when all points are equal (or fewer than two)."""
+    """Hartigan's dip of sorted float64 x; 0 when all points are equal or evenly spaced (diptest's
+    `allow_zero`; the dip of the empirical distribution itself is at least 1 / 2n)."""
     n = x.size
     if n < 2 or x[0] == x[n - 1]:
         return 0.0
@@ -141,6 +142,8 @@ def dip_sorted(x):
             j = above[j]
         lv[kl] = hi
         kl += 1
+        if kg == 2 and kl == 2:  # the points are collinear: no gap (diptest's convention, which
+            break  # makes the dip of n evenly spaced points 0, not 1 / 2n; later rounds stop too)
         d, new_lo, new_hi = _largest_gap(x, gv, kg, lv, kl)
         if d <= big:
             break

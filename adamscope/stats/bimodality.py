@@ -24,7 +24,8 @@ import numpy as np
 def dip(x: np.ndarray) -> tuple[float, float]:
     """(dip, p-value) of a 1-D sample; (nan, nan) for fewer than 4 points.
 
-    A constant sample has dip 0 and p-value 1 (diptest's `allow_zero` convention). A float32 sample
+    A constant or evenly spaced sample has dip 0 and p-value 1 (diptest's `allow_zero`
+    convention). A float32 sample
     is sorted by the fused kernels' radix sort (~9x faster than np.sort here) when numba is there.
     """
     x = np.asarray(x)

@@ -72,18 +72,42 @@ def test_dip_matches_diptest_on_a_seeded_sweep(kind: str) -> None:
             assert abs(got - want) <= TOL, (kind, n, got, want)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.lists(
-        st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 7.5]) | st.floats(-1e3, 1e3),
+        st.sampled_from([-3.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 7.5])
+        | st.integers(-5, 5).map(float)
+        | st.floats(-1e3, 1e3, width=32),
         min_size=4,
         max_size=60,
     )
 )
 def test_dip_matches_diptest_on_any_small_sample(values: list[float]) -> None:
-    # arbitrary points, many of them tied (the sampled values), in any arrangement
+    # arbitrary float32 points (what the dips see), many tied or evenly spaced, in any arrangement.
+    # Not float64 subnormal spacings: there diptest's arithmetic underflows ([0, 0, 1e-310,
+    # 1e-310] gives 0.125 against 0.25 for [0, 0, 1, 1]; ours gives 0.25 for both)
     x = np.sort(np.array(values, np.float64))
     assert abs(fused.dip_sorted(x) - diptest.dipstat(x, sort_x=False)) <= TOL
+
+
+def test_evenly_spaced_points_have_dip_zero_as_in_diptest() -> None:
+    # collinear points: diptest (allow_zero) reports 0, not the empirical distribution's 1 / 2n;
+    # moving a point or doubling each one brings the gap back
+    rng = np.random.default_rng(11)
+    for n in range(4, 120):
+        x = np.arange(n, dtype=np.float64)
+        assert fused.dip_sorted(x) == diptest.dipstat(x) == 0.0
+        y = np.sort(np.where(np.arange(n) == rng.integers(n), x + 0.5, x))
+        pairs = np.repeat(x, 2)
+        for z in (y, pairs):
+            assert abs(fused.dip_sorted(z) - diptest.dipstat(z, sort_x=False)) <= TOL
+
+
+def test_the_dip_is_scale_and_shift_free() -> None:
+    x = np.sort(np.random.default_rng(2).standard_normal(5000))
+    d = fused.dip_sorted(x)
+    for scale, shift in ((1e-30, 0.0), (1e30, 0.0), (3.0, 1e3), (1.0, -7.0)):
+        assert fused.dip_sorted(x * scale + shift) == pytest.approx(d, abs=1e-9)
 
 
 def test_constant_and_two_point_samples() -> None:
