@@ -41,15 +41,15 @@ class RowLater:
         self.futures = dips_later(su, sr)
         self.thr = thresholds or sk.cfg.thresholds
         self.ctx = _NullContext(sk.hp, sk.step, sk.cfg)
+        self.n = sk.mu.n
         self.row = _moment_columns(sk)
 
     def result(self) -> dict[str, Any]:
+        """The whole row (a new dict each call)."""
         (du, pu), (dr, pr) = (f.result() for f in self.futures)
-        dn = self.n_dip
-        row = self.row
-        row.update(dip_u=du, dip_r=dr, dip_p_u=pu, dip_p_r=pr, dip_n=dn)
-        n, r_rms, step = row.pop("_n"), row["r_rms"], self.ctx.step
-        row.update(null_columns(self.ctx, dip_r=dr, dip_p_r=pr, dip_n=dn, r_rms=r_rms, n=n))
+        dn, n, step = self.n_dip, self.n, self.ctx.step
+        row = {**self.row, "dip_u": du, "dip_r": dr, "dip_p_u": pu, "dip_p_r": pr, "dip_n": dn}
+        row.update(null_columns(self.ctx, dip_r=dr, dip_p_r=pr, dip_n=dn, r_rms=row["r_rms"], n=n))
         snap = classify({**row, "step": step}, self.thr)
         row["stage_snapshot"] = snap
         row["stage"] = verdict(snap, None, suppression=row["suppression"], thresholds=self.thr)
@@ -76,7 +76,7 @@ def stats_row(sk: TensorSketch, thresholds: StageThresholds | None = None) -> di
 
 
 def _moment_columns(sk: TensorSketch) -> dict[str, Any]:
-    """Every column of `stats_row` that does not need the dips (`_n`: the count, for later)."""
+    """Every column of `stats_row` that does not need the dips."""
     n = sk.mu.n
     nan = math.nan
     u_rms, r_rms = sk.mu.rms, sk.mr.rms
@@ -101,7 +101,6 @@ def _moment_columns(sk: TensorSketch) -> dict[str, Any]:
         "r_max": sk.r_max if n else nan,
         "bc_u": sk.mu.bimodality_coefficient(),
         "bc_r": sk.mr.bimodality_coefficient(),
-        "_n": n,
     }
 
 
