@@ -8,7 +8,7 @@ coefficient is computed from exact moments in `sketch.Moments.bimodality_coeffic
 With numba the dip is our own compiled Hartigan & Hartigan (1985) (`_dip_kernel`, checked against
 `diptest.dipstat` in tests/stats/test_dip.py), which releases the GIL, so `dips_later` runs a
 checkpoint's dips on a few threads next to reading and reduction; without numba, diptest's (which
-holds the GIL) on the same threads.
+holds the GIL) on the same threads. The null model's Monte Carlo dips (`null`) use `dip_of_sorted`.
 """
 
 from __future__ import annotations
@@ -33,17 +33,23 @@ def dip(x: np.ndarray) -> tuple[float, float]:
         return math.nan, math.nan
     from adamscope.stats import fused
 
-    if fused.available():
-        if x.dtype == np.float32:
-            xs = fused.sort_f32_to_f64(np.ascontiguousarray(x))
-        else:
-            xs = np.sort(x.astype(np.float64))
-        d = fused.dip_sorted(xs)
+    if fused.available() and x.dtype == np.float32:
+        xs = fused.sort_f32_to_f64(np.ascontiguousarray(x))
     else:
-        import diptest
+        xs = np.sort(x.astype(np.float64))
+    d = dip_of_sorted(xs)
+    return d, p_value(d, int(x.size))
 
-        d = diptest.dipstat(np.sort(x.astype(np.float64)), sort_x=False)
-    return float(d), p_value(float(d), int(x.size))
+
+def dip_of_sorted(xs: np.ndarray) -> float:
+    """Hartigan's dip of sorted float64 points: ours (nogil) with numba, else diptest's."""
+    from adamscope.stats import fused
+
+    if fused.available():
+        return fused.dip_sorted(xs)
+    import diptest
+
+    return float(diptest.dipstat(xs, sort_x=False))
 
 
 def p_value(d: float, n: int) -> float:
