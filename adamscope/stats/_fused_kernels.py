@@ -37,6 +37,11 @@ def ur_tile(m, vd, u, r, n, c, paper, inside):
                 mh = m[i] / bc1
                 r[i] = mh / (np.sqrt(vd[i]) / sbc2)
                 u[i] = mh / np.sqrt(vd[i] / bc2 + eps)
+        elif bc1 == 1 and sbc2 == 1:  # past the warm-up (float32 1 - beta**t = 1): x / 1 = x
+            for i in range(n):
+                s = np.sqrt(vd[i])
+                r[i] = m[i] / s
+                u[i] = m[i] / (s + eps)
         else:
             for i in range(n):
                 mh = m[i] / bc1
@@ -95,21 +100,6 @@ def sums_tile(m, v, vd, u, r, n, cu, cr, acc, thr, no_thr):
 
 
 @jit
-def minmax_tile(x, n, mm):
-    # on order-preserving int32 keys of the floats (a float min/max loop does not vectorise)
-    bits = x.view(np.int32)
-    lo = mm[0]
-    hi = mm[1]
-    for i in range(n):
-        b = bits[i]
-        key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
-        lo = min(lo, key)
-        hi = max(hi, key)
-    mm[0] = lo
-    mm[1] = hi
-
-
-@jit
 def lin_tile(x, n, h, scale, off, top, idx):
     for i in range(n):
         y = x[i] * scale + off
@@ -134,6 +124,33 @@ def log_tile(x, n, h, thr, table, shift):
         if b < 0:  # a cell holding an edge: exact search
             b = log_rare(a, thr)
         h[b] += 1
+
+
+@jit
+def lin_log_tile(x, n, h, scale, off, top, idx, hl, thr, table, shift, mm):
+    # min/max (on order-preserving int32 keys: a float min/max loop does not vectorise), lin_tile
+    # and log_tile of the same x in two loops: x is read twice, not four times, and the two
+    # histograms' increments interleave (tools/kernel_parts.py)
+    bits = x.view(np.int32)
+    lo = mm[0]
+    hi = mm[1]
+    for i in range(n):
+        y = x[i] * scale + off
+        y = min(max(y, f32(0.0)), top) if y == y else f32(0.0)
+        idx[i] = np.int32(y)
+        b = bits[i]
+        key = b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+        lo = min(lo, key)
+        hi = max(hi, key)
+    mm[0] = lo
+    mm[1] = hi
+    for i in range(n):
+        h[idx[i]] += 1
+        a = bits[i] & np.int32(0x7FFFFFFF)
+        b = np.int64(table[a >> shift])
+        if b < 0:
+            b = log_rare(a, thr)
+        hl[b] += 1
 
 
 @jit(fastmath={"reassoc"})
@@ -234,12 +251,8 @@ def fold(
                     sr[j] = one_r[0]
             j += 1
         sums_tile(xm, xv, xd, tu, tr, k, cu, cr, acc, thr, no_thr)
-        minmax_tile(tu, k, mmu)
-        minmax_tile(tr, k, mmr)
-        lin_tile(tu, k, hu, scale, off, top, idx)
-        lin_tile(tr, k, hr, scale, off, top, idx)
-        log_tile(tu, k, hlu, tq, tabq, sq)
-        log_tile(tr, k, hlr, tq, tabq, sq)
+        lin_log_tile(tu, k, hu, scale, off, top, idx, hlu, tq, tabq, sq, mmu)
+        lin_log_tile(tr, k, hr, scale, off, top, idx, hlr, tq, tabq, sq, mmr)
         log_tile(xv, k, hlv, tv, tabv, sv)
     acc[4] = from_key(mmu[0]) if ok else np.inf
     acc[5] = from_key(mmu[1]) if ok else -np.inf

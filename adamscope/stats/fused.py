@@ -4,7 +4,8 @@
 scalars in the layout of the torch path (`folder.Folder.block`), so both paths share the float64
 merge. The block is walked in L1-sized tiles; per tile, each step is one simple loop that the
 compiler vectorises: u and r in float32 with torch's order of operations (IEEE, no fast-math), the
-sums in float64 (reassociated, so they vectorise), min/max on order-preserving integer keys. The
+sums in float64 (reassociated, so they vectorise); then per quantity (u, r) one loop for min/max (on
+order-preserving integer keys) and the linear bin, one for both histograms' increments. The
 histogram bins are found without a logarithm:
 
 * linear u/r bins: trunc(clamp(x * scale + offset, 0, nb + 1)) in float32, as the torch path;
@@ -18,6 +19,8 @@ numba is a dependency, but the path is optional: `available()` says whether it c
 (or with ADAMSCOPE_KERNEL=torch) the torch path does the same work, slower, binning a float32 log10
 instead of comparing with the edges. The two paths agree to an ulp or two in u and r: the kernel's
 sqrt is correctly rounded (IEEE, as numpy's), torch's CPU sqrt is not always (tests/stats/test_fused.py).
+
+The same gate serves the dip: `sort_f32_to_f64` (a radix sort) and `dip_sorted` (`_dip_kernel`).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _warm_up() -> None:
     pos = np.arange(0, 64, 3, dtype=np.int64)
     sample = (pos, np.empty(pos.size, np.float32), np.empty(pos.size, np.float32))
     fold(x, v, v, k, hists, 64, 20, 1e-20, (*sample, np.zeros(pos.size, np.bool_)))
-    sort_f32_to_f64(x)
+    dip_sorted(sort_f32_to_f64(x))
 
 
 def ceil_f32_bits(edges: np.ndarray) -> np.ndarray:
@@ -168,8 +171,20 @@ def sort_f32_to_f64(x: np.ndarray) -> np.ndarray:
     return _kernels().sort_f32_to_f64(x)
 
 
+def dip_sorted(xs: np.ndarray) -> float:
+    """Hartigan's dip of a sorted float64 array (nogil; `_dip_kernel` describes the algorithm)."""
+    return float(_dip_kernel().dip_sorted(xs))
+
+
 @functools.cache
 def _kernels() -> Any:
     from adamscope.stats import _fused_kernels
 
     return _fused_kernels
+
+
+@functools.cache
+def _dip_kernel() -> Any:
+    from adamscope.stats import _dip_kernel
+
+    return _dip_kernel

@@ -294,9 +294,9 @@ def _pool(family: str, b1: float, b2: float, t_eff: int) -> np.ndarray:
 def _pool_dip(family: str, b1: float, b2: float, t_eff: int) -> float:
     """dip of the whole pool: dip(F) to within the noise of the pool's 131,072 (65,536 in
     steady state) points, ~0.0005 for a bell."""
-    import diptest
+    from adamscope.stats.bimodality import dip_of_sorted
 
-    return float(diptest.dipstat(_pool(family, b1, b2, t_eff), sort_x=False))
+    return dip_of_sorted(_pool(family, b1, b2, t_eff))
 
 
 @functools.lru_cache(maxsize=16)  # 0.5 MB each
@@ -314,13 +314,13 @@ def _partition(size: int, n: int, k: int) -> np.ndarray:
 
 def _dips(s: np.ndarray, n: int, count: int) -> np.ndarray:
     """Dips of `count` samples of n points from the sorted pool s (blocks of partitions)."""
-    import diptest
+    from adamscope.stats.bimodality import dip_of_sorted
 
     out: list[float] = []
     k = 0
     while len(out) < count:
         blocks = _partition(len(s), n, k)[: count - len(out)]
-        out.extend(diptest.dipstat(row, sort_x=False) for row in s[blocks])
+        out.extend(dip_of_sorted(row) for row in s[blocks])
         k += 1
     return np.asarray(out, np.float64)
 

@@ -190,17 +190,31 @@ class TensorSketch:
         The underflow bin is (-inf, first edge), the overflow bin (last edge, inf); for the log10
         quantities the underflow bin (-inf, -45) holds exactly the zeros.
         """
-        out: list[tuple[str, float, float, int]] = []
+        c = self.histogram_columns()
+        cols = (c["quantity"], c["lo"].tolist(), c["hi"].tolist(), c["count"].tolist())
+        return list(zip(*cols, strict=True))
+
+    def histogram_columns(self) -> dict[str, Any]:
+        """`histograms()` as columns: quantity (a list: polars converts numpy strings slowly), lo,
+        hi and count (numpy arrays); no Python object per bin but the names."""
+        names: list[str] = []
+        lo, hi, count = [np.zeros(0)], [np.zeros(0)], [np.zeros(0, np.int64)]
         for q in QUANTITIES:
             counts = self.hists[q]
             nz = np.flatnonzero(counts)
             if not nz.size:
                 continue
             e = self.edges(q)
-            lo = np.concatenate([[-np.inf], e])[nz].tolist()
-            hi = np.concatenate([e, [np.inf]])[nz].tolist()
-            out.extend(zip([q] * nz.size, lo, hi, counts[nz].tolist(), strict=True))
-        return out
+            names.extend([q] * nz.size)
+            lo.append(np.concatenate([[-np.inf], e])[nz])
+            hi.append(np.concatenate([e, [np.inf]])[nz])
+            count.append(counts[nz].astype(np.int64))
+        return {
+            "quantity": names,
+            "lo": np.concatenate(lo),
+            "hi": np.concatenate(hi),
+            "count": np.concatenate(count),
+        }
 
     # ---- transport -----------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import polars as pl
 
 from adamscope.errors import AdamscopeError
 from adamscope.tables import io
-from adamscope.tables.rows import stats_row
+from adamscope.tables.rows import RowLater
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _HIST_SCHEMA = {"quantity": pl.Utf8, "lo": pl.Float64, "hi": pl.Float64, "count"
 
 
 def _bins(sk: Any) -> pl.DataFrame:
-    return pl.DataFrame(sk.histograms(), schema=_HIST_SCHEMA, orient="row")
+    return pl.DataFrame(sk.histogram_columns(), schema=_HIST_SCHEMA)
 
 
 class CheckpointTables:
@@ -50,6 +50,8 @@ class CheckpointTables:
         self.path = path
         self.tensor_histograms = tensor_histograms
         self.rows: list[dict[str, Any]] = []
+        # (row, its statistics still waiting on the dip threads, live columns or None)
+        self.later: list[tuple[dict[str, Any], RowLater, dict[str, Any] | None]] = []
         self.bins: list[tuple[str, pl.DataFrame]] = []  # (tensor name, its non-empty bins)
         self.pending: dict[str, tuple[TensorMeta, Any, int, Any]] = {}  # pieces still arriving
         # key -> (running sketch, n_tensors, running live sketch or None)
@@ -115,22 +117,20 @@ class CheckpointTables:
             )
         step = int(round(meta.step))
         self.steps[step] += 1
-        self.rows.append(
-            {
-                "step": step,
-                "tensor": meta.name,
-                "shape": str(list(meta.shape)),
-                "dtype": meta.dtype,
-                "v_dtype": meta.v_dtype or meta.dtype,
-                "beta1": meta.hp.beta1,
-                "beta2": meta.hp.beta2,
-                "eps": meta.hp.eps,
-                "lr": meta.hp.lr,
-                "weight_decay": meta.hp.weight_decay,
-                **stats_row(sk),
-                **(live.columns() if live is not None else {}),
-            }
-        )
+        row = {
+            "step": step,
+            "tensor": meta.name,
+            "shape": str(list(meta.shape)),
+            "dtype": meta.dtype,
+            "v_dtype": meta.v_dtype or meta.dtype,
+            "beta1": meta.hp.beta1,
+            "beta2": meta.hp.beta2,
+            "eps": meta.hp.eps,
+            "lr": meta.hp.lr,
+            "weight_decay": meta.hp.weight_decay,
+        }
+        self.rows.append(row)
+        self.later.append((row, RowLater(sk), live.columns() if live is not None else None))
         if self.tensor_histograms:
             self.bins.append((meta.name, _bins(sk)))
         key = layer_key(meta.name)
@@ -152,6 +152,12 @@ class CheckpointTables:
             )
             self._finish(meta, sk, live)
         self.pending.clear()
+        # every layer's dips start now, next to the tensors' still running (started by `_finish`)
+        layers = [(key, sk, RowLater(sk), n, live) for key, (sk, n, live) in self.layers.items()]
+        for row, stats, live_cols in self.later:
+            row.update(stats.result())
+            row.update(live_cols or {})
+        self.later.clear()
         if not self.rows:
             raise AdamscopeError(f"{self.path}: the optimizer state holds no parameter tensors")
         step = self.steps.most_common(1)[0][0]
@@ -162,7 +168,7 @@ class CheckpointTables:
         for r in self.rows:
             r.update(ident, layer=assigned[r["tensor"]].layer, depth=assigned[r["tensor"]].depth)
         l_rows, hist = [], []
-        for key, (sk, n, live) in self.layers.items():
+        for key, sk, stats, n, live in layers:
             layer, depth = label[key]
             l_rows.append(
                 {
@@ -171,7 +177,7 @@ class CheckpointTables:
                     "layer": layer,
                     "depth": depth,
                     "n_tensors": n,
-                    **stats_row(sk),
+                    **stats.result(),
                     **(live.columns() if live is not None else {}),
                 }
             )

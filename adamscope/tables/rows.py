@@ -5,13 +5,14 @@ every column, docs/stages.md the rule); and the run-level verdicts over a series
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from adamscope.config import StageThresholds
 from adamscope.stats import null
-from adamscope.stats.bimodality import dip
+from adamscope.stats.bimodality import dips_later
 from adamscope.stats.sketch import TensorSketch
 from adamscope.stats.stages import classify, verdict, verdicts
 
@@ -19,12 +20,50 @@ JUDGE_N = 65536
 _RHO_GRID = 1.025  # beyond step 64, rho_hat's table is taken at steps 2.5% apart (it moves slowly)
 
 
-def dips(sk: TensorSketch) -> tuple[float, float, float, float, int]:
+Dips = tuple[float, float, float, float, int]  # dip_u, dip_r, p_u, p_r, n
+
+
+def dips(sk: TensorSketch) -> Dips:
     """(dip_u, dip_r, p_u, p_r, n): Hartigan's dip and its p-value on the sketch's dip sample."""
     su, sr = sk.dip_sample()
-    du, pu = dip(su)
-    dr, pr = dip(sr)
+    (du, pu), (dr, pr) = (f.result() for f in dips_later(su, sr))
     return du, dr, pu, pr, int(su.size)
+
+
+class RowLater:
+    """A sketch's row whose dips run on the dip threads (`bimodality.dips_later`) meanwhile:
+    `result()` waits for them. Holds the row's other columns and the dip samples until then, not
+    the sketch."""
+
+    def __init__(self, sk: TensorSketch, thresholds: StageThresholds | None = None) -> None:
+        su, sr = sk.dip_sample()
+        self.n_dip = int(su.size)
+        self.futures = dips_later(su, sr)
+        self.thr = thresholds or sk.cfg.thresholds
+        self.ctx = _NullContext(sk.hp, sk.step, sk.cfg)
+        self.n = sk.mu.n
+        self.row = _moment_columns(sk)
+
+    def result(self) -> dict[str, Any]:
+        """The whole row (a new dict each call)."""
+        (du, pu), (dr, pr) = (f.result() for f in self.futures)
+        dn, n, step = self.n_dip, self.n, self.ctx.step
+        row = {**self.row, "dip_u": du, "dip_r": dr, "dip_p_u": pu, "dip_p_r": pr, "dip_n": dn}
+        row.update(null_columns(self.ctx, dip_r=dr, dip_p_r=pr, dip_n=dn, r_rms=row["r_rms"], n=n))
+        snap = classify({**row, "step": step}, self.thr)
+        row["stage_snapshot"] = snap
+        row["stage"] = verdict(snap, None, suppression=row["suppression"], thresholds=self.thr)
+        row["stage_reason"] = reason(row, step=step, previous=None, thresholds=self.thr)
+        return row
+
+
+@dataclass(frozen=True)
+class _NullContext:
+    """What `null_columns` reads of a sketch."""
+
+    hp: Any
+    step: float
+    cfg: Any
 
 
 def stats_row(sk: TensorSketch, thresholds: StageThresholds | None = None) -> dict[str, Any]:
@@ -33,12 +72,15 @@ def stats_row(sk: TensorSketch, thresholds: StageThresholds | None = None) -> di
 
     `thresholds` defaults to the ones the sketch was computed with (its StatsConfig).
     """
-    thr = thresholds or sk.cfg.thresholds
+    return RowLater(sk, thresholds).result()
+
+
+def _moment_columns(sk: TensorSketch) -> dict[str, Any]:
+    """Every column of `stats_row` that does not need the dips."""
     n = sk.mu.n
     nan = math.nan
     u_rms, r_rms = sk.mu.rms, sk.mr.rms
-    du, dr, pu, pr, dn = dips(sk)
-    row: dict[str, Any] = {
+    return {
         "numel": sk.numel,
         "u_mean": sk.mu.mean if n else nan,
         "u_std": sk.mu.std,
@@ -57,24 +99,19 @@ def stats_row(sk: TensorSketch, thresholds: StageThresholds | None = None) -> di
         "u_max": sk.u_max if n else nan,
         "r_min": sk.r_min if n else nan,
         "r_max": sk.r_max if n else nan,
-        "dip_u": du,
-        "dip_r": dr,
-        "dip_p_u": pu,
-        "dip_p_r": pr,
-        "dip_n": dn,
         "bc_u": sk.mu.bimodality_coefficient(),
         "bc_r": sk.mr.bimodality_coefficient(),
-        **null_columns(sk, dip_r=dr, dip_p_r=pr, dip_n=dn, r_rms=r_rms, n=n),
     }
-    snap = classify({**row, "step": sk.step}, thr)
-    row["stage_snapshot"] = snap
-    row["stage"] = verdict(snap, None, suppression=row["suppression"], thresholds=thr)
-    row["stage_reason"] = reason(row, step=sk.step, previous=None, thresholds=thr)
-    return row
 
 
 def null_columns(
-    sk: TensorSketch, *, dip_r: float, dip_p_r: float, dip_n: int, r_rms: float, n: int
+    sk: TensorSketch | _NullContext,
+    *,
+    dip_r: float,
+    dip_p_r: float,
+    dip_n: int,
+    r_rms: float,
+    n: int,
 ) -> dict[str, Any]:
     """r's null at the sketch's (betas, step, dip sample size): its std, its dip's 99% quantile,
     the observed dip's p-value against it, the step from which a dip can be judged, rho_hat."""

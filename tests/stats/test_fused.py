@@ -132,3 +132,27 @@ def test_sampler_is_a_bernoulli_process() -> None:
     )
     np.testing.assert_array_equal(parts, Sampler("w", total, k, seed=0).indices(0, total))
     assert not np.array_equal(idx, Sampler("w", total, k, seed=1).indices(0, total))
+
+
+@pytest.mark.parametrize("step", [10.0, 2000.0])  # bias corrections != 1, and = 1 in float32
+@pytest.mark.parametrize("inside", [False, True])
+def test_u_and_r_follow_torchs_formula_bit_for_bit(step: float, inside: bool) -> None:
+    # the kernel's u and r against numpy's float32 arithmetic (IEEE, as the kernel's) in torch's
+    # order of operations; at step 2000 the kernel skips its divisions by 1, which must not show
+    from adamscope.stats.adam import coefficients
+
+    hp = HyperParams(beta1=0.9, beta2=0.95, eps=1e-8, eps_inside_sqrt=inside)
+    k = coefficients(hp, step)
+    c = fused.coefficient_array(k, 512, None)
+    rng = np.random.default_rng(int(step))
+    vd = (1e-8 * rng.lognormal(0, 2, 10_000)).astype(np.float32)
+    m = (rng.standard_normal(vd.size) * np.sqrt(vd)).astype(np.float32)
+    u, r = np.empty_like(m), np.empty_like(m)
+    fused._kernels().ur_tile(m, vd, u, r, m.size, c, False, inside)
+    bc1, sbc2, bc2, eps = c[0], c[1], c[2], c[3]
+    assert (step == 2000.0) == (bc1 == 1 and sbc2 == 1)
+    mh = m / bc1
+    want_r = mh / (np.sqrt(vd) / sbc2)
+    want_u = mh / np.sqrt(vd / bc2 + eps) if inside else mh / (np.sqrt(vd) / sbc2 + eps)
+    np.testing.assert_array_equal(r.view(np.int32), want_r.view(np.int32))
+    np.testing.assert_array_equal(u.view(np.int32), want_u.view(np.int32))
