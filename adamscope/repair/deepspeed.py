@@ -32,15 +32,15 @@ def _fragments(reader: Any, stage: int, outers: list, inners: list) -> dict[str,
         states = [inner["state"].get(j) for inner in inners]
         if any(s is None for s in states):
             continue  # no state on some rank (the reader skips it too, with a warning)
-        if stage == 3:
-            found = reader._stage3_fragments(shapes, states)
+        if stage == 3:  # one layout per tensor, its fragments made on demand
+            layouts = list(reader._stage3_fragments(shapes, states))
         elif use_psm:
-            found = reader._mapped_fragments(shapes, states, [m[j] for m in psms])
+            layouts = [reader._mapped_fragments(shapes, states, [m[j] for m in psms])]
         else:
             group_pads = pads[j] if isinstance(pads, list) and j < len(pads) else None
-            found = reader._flat_fragments(shapes, states, group_pads)
-        for name, _shape, frags in found:
-            out[strip_compile_prefix(name)] = frags
+            layouts = [reader._flat_fragments(shapes, states, group_pads)]
+        for name, _shape, frags in (t for found in layouts for t in found):
+            out[strip_compile_prefix(name)] = frags() if callable(frags) else frags
     return out
 
 
