@@ -19,7 +19,7 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
-from adamscope.readers._pickle_scan import (
+from adamscope.readers._pickle_ops import (
     A_COUNTED,
     A_FIXED,
     A_LINES,
@@ -67,6 +67,14 @@ def _grow_memo(a):
     b = np.full(2 * a.size, -1, np.int64)
     b[: a.size] = a
     return b
+
+
+@nb.njit(inline="always")
+def _last_mark(stack, top):
+    j = top - 1
+    while j >= 0 and stack[0, j] != 0:
+        j -= 1
+    return j
 
 
 @nb.njit(inline="always")
@@ -262,9 +270,7 @@ def _run(d, ops, before, limit, max_depth, out, stack, cells, table, memo, st):
             else:
                 top -= 1
         elif k == POP_MARK:
-            j = top - 1
-            while j >= 0 and stack[0, j] != 0:
-                j -= 1
+            j = _last_mark(stack, top)
             if j < 0:
                 simulating = False
             else:
@@ -281,15 +287,12 @@ def _run(d, ops, before, limit, max_depth, out, stack, cells, table, memo, st):
                         simulating = False
                         break
                     p -= 1
-                    if (
-                        stack[0, p] == 0
-                    ):  # a MARK popped as a value: the reference counts -1 objects
+                    # a MARK popped as a value: the reference counts it as -1 objects
+                    if stack[0, p] == 0:
                         out[0], out[1] = UNSURE, pos
                         return 0
                 elif s == S_SLICE:
-                    j = p - 1
-                    while j >= 0 and stack[0, j] != 0:
-                        j -= 1
+                    j = _last_mark(stack, p)
                     if j < 0:
                         simulating = False
                         break

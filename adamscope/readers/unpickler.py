@@ -482,7 +482,7 @@ def check_pickle(data: bytes, *, source: object) -> None:
     """Refuses a pickle before it is unpickled when it would build more objects than its size
     allows, nest deeper than MAX_DEPTH, index its memo past its own size, or claim more bytes than
     it holds (see check_pickle_reference). Pickles from KERNEL_MIN_BYTES on are scanned by the
-    numba kernel (readers/_pickle_scan.py: the same verdicts and messages, ~100x faster); smaller
+    numba kernel (readers/_pickle_scan.py: the same verdicts and messages, ~70x faster); smaller
     ones, those the kernel leaves to it (protocol-0 text opcodes), and all without numba, by the
     pure-Python reference, which is allowed at most guard.PICKLE_BYTES (~200 s of scan).
 
@@ -504,19 +504,6 @@ def check_pickle(data: bytes, *, source: object) -> None:
     check_pickle_reference(data, source=source)
 
 
-def refusal(source: object, why: str, pos: int) -> CorruptCheckpointError:
-    """check_pickle's one line for a limit `why` broken by the opcode at byte `pos`."""
-    return CorruptCheckpointError(f"{source}: {why} (at byte {pos}); refused before unpickling")
-
-
-def truncation(source: object, e: ValueError) -> CorruptCheckpointError:
-    """check_pickle's one line for pickletools' error on a length that runs past the data."""
-    return CorruptCheckpointError(
-        f"{source}: the pickle is truncated, or an opcode claims more bytes than it "
-        f"holds ({brief(str(e), 100)}); refused before unpickling"
-    )
-
-
 def check_pickle_reference(data: bytes, *, source: object) -> None:
     """Refuses a pickle before it is unpickled when it would build more objects than its size
     allows, nest deeper than MAX_DEPTH, or index its memo past its own size (the C unpickler sizes
@@ -530,6 +517,8 @@ def check_pickle_reference(data: bytes, *, source: object) -> None:
         CorruptCheckpointError: naming `source` and the limit.
     """
     import pickletools
+
+    from adamscope.readers._pickle_scan import refusal, truncation
 
     limit = EXPANSION_PER_BYTE * len(data) + EXPANSION_SLACK
     # [objects, depth] cells, shared between the stack and the memo: an in-place op (APPEND...)

@@ -210,3 +210,17 @@ def test_speed(capsys: pytest.CaptureFixture[str]) -> None:
             f"\npickle scan of {mb:.1f} MB: reference {mb / (t1 - t0):.1f} MB/s, "
             f"kernel {mb / (t2 - t1):.1f} MB/s ({(t1 - t0) / (t2 - t1):.0f}x)"
         )
+
+
+def test_a_dcp_metadata_has_its_own_cap(tmp_path: Path) -> None:
+    """guard.DCP_METADATA_BYTES, not PICKLE_BYTES, bounds `.metadata` (sparse files: no bytes)."""
+    from adamscope.readers.dcp import read_metadata
+
+    assert guard.DCP_METADATA_BYTES > guard.PICKLE_BYTES
+    with open(tmp_path / ".metadata", "wb") as f:
+        f.truncate(guard.DCP_METADATA_BYTES + 1)
+    with pytest.raises(
+        CorruptCheckpointError,
+        match=f"more than a DCP .metadata may hold \\({guard.DCP_METADATA_BYTES} bytes",
+    ):
+        read_metadata(tmp_path)
