@@ -87,6 +87,12 @@ def _bombs() -> dict[str, bytes]:
         "global without newline": b"\x80\x02cbuiltins\nlist",
         "global non-ascii": b"\x80\x02cbuilt\xc3\xa9ins\nlist\n)R.",
         "self append": b"\x80\x02]q\x00h\x00a" + b"h\x00h\x00a" * 40 + b".",
+        # past the kernel's first 1,024 stack slots, cells and memo entries (it grows them)
+        "wide tuple": b"\x80\x04(" + b"K\x01" * 5000 + b"t.",
+        "laughs after 3000 memos": b"\x80\x04("
+        + b"K\x01\x94" * 3000
+        + b"0" * 3001
+        + pickle.dumps(_laughs(), protocol=2)[2:],
         "protocol 0": pickle.dumps({"a": [1, 2.5, "x" * 40, b"y"]}, protocol=0),
         "protocol 1": pickle.dumps({"a": [1, 2.5, "x" * 40, b"y"]}, protocol=1),
     }
@@ -210,6 +216,16 @@ def test_speed(capsys: pytest.CaptureFixture[str]) -> None:
             f"\npickle scan of {mb:.1f} MB: reference {mb / (t1 - t0):.1f} MB/s, "
             f"kernel {mb / (t2 - t1):.1f} MB/s ({(t1 - t0) / (t2 - t1):.0f}x)"
         )
+
+
+def test_without_the_kernel_the_reference_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    bomb = pickle.dumps(_laughs(), protocol=4)
+    monkeypatch.setattr(unpickler, "KERNEL_MIN_BYTES", 1)
+    monkeypatch.setattr(_pickle_scan, "available", lambda: False)
+    monkeypatch.setattr(_pickle_scan, "scan", None)  # never called
+    with pytest.raises(CorruptCheckpointError) as e:
+        unpickler.check_pickle(bomb, source="s")
+    assert str(e.value) == _reference(bomb)
 
 
 def test_a_dcp_metadata_has_its_own_cap(tmp_path: Path) -> None:
