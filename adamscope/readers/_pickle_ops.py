@@ -112,8 +112,10 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
             argk[c] = A_NONE
         elif arg.n > 0:
             argk[c], argn[c] = A_FIXED, arg.n
-            ok, value, _ = _reads(arg.reader, b"\xff" * arg.n)  # memo indices: unsigned
-            if kind[c] in (PUT, GET):
+            ok, value, _ = _reads(arg.reader, b"\xff" * arg.n)
+            if not (ok and _reads(arg.reader, b"\x00" * arg.n)[0]):
+                argk[c] = A_UNSURE  # a reader that checks its bytes (none today)
+            if kind[c] in (PUT, GET):  # memo indices: unsigned
                 assert ok and value == (1 << 8 * arg.n) - 1, op.name
         elif arg.n in _PREFIX:
             width, signed = _PREFIX[arg.n]
@@ -135,5 +137,7 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
         ]
         assert len(pattern) < before.shape[1] and pattern.count(S_SLICE) <= 1, op.name
         before[c, : len(pattern)] = pattern
+        # the kernel grows the container in place: the item the reference pops last
+        assert kind[c] != IN_PLACE or pattern[-1:] == [S_ONE], op.name
         after[c] = bool(op.stack_after)
     return np.stack([kind, argk, argn, flags, after.astype(np.int8)], axis=1), before
