@@ -469,8 +469,8 @@ def _dtype_name(dtype: Any) -> str:
 EXPANSION_PER_BYTE = 16
 EXPANSION_SLACK = 1_000_000
 MAX_DEPTH = 500
-# from here on the numba kernel scans (below, importing numba and loading the kernel, ~0.5 s the
-# first time in a process, costs more than the ~0.8 s per MB of the reference saves)
+# from this size on check_pickle runs the numba kernel: below it, importing numba and loading the
+# kernel (~0.5 s once per process) would cost more than the reference's ~0.8 s per MB
 KERNEL_MIN_BYTES = 1 << 20
 _IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
