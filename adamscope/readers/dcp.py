@@ -155,7 +155,7 @@ class _Entry:
 def read_metadata(folder: Path) -> dict[str, _Entry]:
     """Parses `<folder>/.metadata` safely into flat key -> _Entry (in the file's key order)."""
     source = folder / ".metadata"
-    data = guard.bounded_read(source, limit=guard.PICKLE_BYTES, what="DCP .metadata")
+    data = guard.bounded_read(source, limit=guard.DCP_METADATA_BYTES, what="DCP .metadata")
     try:
         check_pickle(data, source=source)  # memo indices, shared-reference expansion, depth
         md = _MetadataUnpickler(io.BytesIO(data), source=source).load()

@@ -25,8 +25,13 @@ JSON_BYTES = 512 * MiB
 # A training log read whole (CSV); JSONL is streamed line by line under LINE_BYTES per line.
 LOG_BYTES = 4 * GiB
 LINE_BYTES = 16 * MiB
-# A pickle read into memory: a torch zip file's data.pkl (inflated) or a DCP `.metadata`.
+# A pickle read into memory: a torch zip file's data.pkl (inflated), a DCP blob's data.pkl.
 PICKLE_BYTES = 256 * MiB
+# A DCP `.metadata`: an FSDP2 checkpoint of a 546B-parameter model at 1,024 ranks has ~0.74 GB
+# (docs/scale.md). The numba scan checks it in ~8 s (unpickler.check_pickle, ~95 MB/s; without
+# numba a pickle above PICKLE_BYTES is still refused), but unpickling it costs ~12 bytes of memory
+# per byte (measured on 55 MB): 1 GiB of metadata is ~13 GB per process, so not more.
+DCP_METADATA_BYTES = 1 * GiB
 # The safetensors format's own header limit (the safetensors library refuses larger headers).
 SAFETENSORS_HEADER_BYTES = 100_000_000
 

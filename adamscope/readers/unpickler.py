@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adamscope.errors import UnsafePickleError, UnsupportedFormatError
+from adamscope.errors import CorruptCheckpointError, UnsafePickleError, UnsupportedFormatError
 from adamscope.readers.guard import brief
 from adamscope.readers.quantized import TORCHAO_STATES
 
@@ -469,6 +469,9 @@ def _dtype_name(dtype: Any) -> str:
 EXPANSION_PER_BYTE = 16
 EXPANSION_SLACK = 1_000_000
 MAX_DEPTH = 500
+# from this size on check_pickle runs the numba kernel: below it, importing numba and loading the
+# kernel (~0.5 s once per process) would cost more than the reference's ~0.8 s per MB
+KERNEL_MIN_BYTES = 1 << 20
 _IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
@@ -476,6 +479,32 @@ _MARK: list[int] = [-1, -1]
 
 
 def check_pickle(data: bytes, *, source: object) -> None:
+    """Refuses a pickle before it is unpickled when it would build more objects than its size
+    allows, nest deeper than MAX_DEPTH, index its memo past its own size, or claim more bytes than
+    it holds (see check_pickle_reference). Pickles from KERNEL_MIN_BYTES on are scanned by the
+    numba kernel (readers/_pickle_scan.py: the same verdicts and messages, ~70x faster); smaller
+    ones, those the kernel leaves to it (protocol-0 text opcodes), and all without numba, by the
+    pure-Python reference, which is allowed at most guard.PICKLE_BYTES (~200 s of scan).
+
+    Raises:
+        CorruptCheckpointError: naming `source` and the limit.
+    """
+    from adamscope.readers import _pickle_scan, guard
+
+    if len(data) >= KERNEL_MIN_BYTES and _pickle_scan.available():
+        limit = EXPANSION_PER_BYTE * len(data) + EXPANSION_SLACK
+        if _pickle_scan.check(data, source=source, limit=limit, max_depth=MAX_DEPTH):
+            return
+    if len(data) > guard.PICKLE_BYTES:
+        raise CorruptCheckpointError(
+            f"{source}: a pickle of {len(data)} bytes that only the pure-Python scan can check "
+            f"(numba missing, or protocol-0 text opcodes), which is allowed {guard.PICKLE_BYTES} "
+            "bytes at most; refused before unpickling"
+        )
+    check_pickle_reference(data, source=source)
+
+
+def check_pickle_reference(data: bytes, *, source: object) -> None:
     """Refuses a pickle before it is unpickled when it would build more objects than its size
     allows, nest deeper than MAX_DEPTH, or index its memo past its own size (the C unpickler sizes
     its memo table to the largest index: one changed byte would allocate gigabytes).
@@ -489,7 +518,7 @@ def check_pickle(data: bytes, *, source: object) -> None:
     """
     import pickletools
 
-    from adamscope.errors import CorruptCheckpointError
+    from adamscope.readers._pickle_scan import refusal, truncation
 
     limit = EXPANSION_PER_BYTE * len(data) + EXPANSION_SLACK
     # [objects, depth] cells, shared between the stack and the memo: an in-place op (APPEND...)
@@ -498,7 +527,7 @@ def check_pickle(data: bytes, *, source: object) -> None:
     memo: dict[int, list[int]] = {}
 
     def refuse(why: str, pos: int) -> None:
-        raise CorruptCheckpointError(f"{source}: {why} (at byte {pos}); refused before unpickling")
+        raise refusal(source, why, pos)
 
     def pop_mark() -> list[list[int]]:
         for i in range(len(stack) - 1, -1, -1):
@@ -571,8 +600,5 @@ def check_pickle(data: bytes, *, source: object) -> None:
         # the C unpickler would try to allocate it first (a MemoryError, and CPython prints a
         # stray "deallocated bytearray" SystemError on the way out)
         if "but only" in str(e):
-            raise CorruptCheckpointError(
-                f"{source}: the pickle is truncated, or an opcode claims more bytes than it "
-                f"holds ({brief(str(e), 100)}); refused before unpickling"
-            ) from None
+            raise truncation(source, e) from None
         return  # another malformed opcode: the unpickler says what is wrong
