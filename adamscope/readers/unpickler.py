@@ -571,6 +571,8 @@ def check_pickle_reference(data: bytes, *, source: object) -> None:
             return
         if name in _IN_PLACE:  # the container (popped last) goes back, grown
             cell = popped.pop()
+            if cell is _MARK:  # not a container: growing it would change the shared marker
+                raise ValueError("a MARK used as a container")
             stack.append(cell)
             for s, d in popped:
                 cell[0], cell[1] = cell[0] + s, max(cell[1], d + 1)

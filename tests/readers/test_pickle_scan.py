@@ -240,3 +240,14 @@ def test_a_dcp_metadata_has_its_own_cap(tmp_path: Path) -> None:
         match=f"more than a DCP .metadata may hold \\({guard.DCP_METADATA_BYTES} bytes",
     ):
         read_metadata(tmp_path)
+
+
+def test_a_mark_used_as_a_container_leaves_the_scan_unchanged() -> None:
+    """APPEND onto a MARK (b'(K\\x01a'): the reference grew its module-level marker in place, so one
+    pickle changed how every later one was scanned. Now the stream is inconsistent and the
+    simulation stops; the marker and the next verdicts are untouched."""
+    from adamscope.readers import unpickler
+
+    before = list(unpickler._MARK)
+    unpickler.check_pickle_reference(b"\x80\x02(K\x01a.", source="x")
+    assert unpickler._MARK == before == [-1, -1]
