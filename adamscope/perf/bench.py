@@ -182,13 +182,10 @@ def _floor(path: Path, device: str, *, prepare: bool, ctx: Any = None) -> Any:
     n = StatsConfig().chunk_elems
     total = torch.zeros((), device=dev)
     nbytes = 0
-    import contextlib
-
     from adamscope.readers import buffers
 
     # on a GPU, reads into page-locked memory and one DMA per tensor chunk, as analyze reads
-    pinned = buffers.pinned_reads() if dev.type == "cuda" else contextlib.nullcontext()
-    with pinned:
+    with buffers.pinned_reads(enabled=dev.type == "cuda"):
         for ts in NanoGPTReader(path, options=ReaderOptions()).iter_tensors():
             for _, m, v, _ in ts.chunks(n):
                 nbytes += m.numel() * m.element_size() + v.numel() * v.element_size()

@@ -4,6 +4,7 @@ ranks sharing the tensors, training logs and consecutive-checkpoint gradients be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,20 +40,6 @@ class Progress(Protocol):
     def checkpoint(self, index: int, total: int, path: Path) -> None: ...
 
     def tensor(self, name: str, numel: int) -> None: ...
-
-
-def _reads_for(device: str) -> Any:
-    """Reads into page-locked memory when the reductions run on a GPU (see buffers.pinned_reads)."""
-    import contextlib
-
-    from adamscope.readers import buffers
-    from adamscope.stats.engine import resolve_device
-
-    return (
-        buffers.pinned_reads()
-        if resolve_device(device).type == "cuda"
-        else contextlib.nullcontext()
-    )
 
 
 def _counted(ts: Any, progress: Any) -> Any:
@@ -186,9 +173,13 @@ def analyze_checkpoint(
     batch: list[tuple[int, TensorMeta, Any]] = []
     every = 4 * d.world  # tensors between two gathers: bounds rank 0's memory
     error: AdamscopeError | None = None
-    pinned = _reads_for(cfg.device)
-    try:
-        pinned.__enter__()  # before the read-ahead thread starts reading
+    from adamscope.readers import buffers
+
+    pinned = contextlib.ExitStack()
+    try:  # reads into page-locked memory for a GPU, from before the read-ahead thread starts
+        pinned.enter_context(
+            buffers.pinned_reads(enabled=resolve_device(cfg.device).type == "cuda")
+        )
         reader = _guard(found.path, "cannot open", found.reader, found.path, options=options.reader)
         states = TensorPrefetch(  # the next tensor is read while this one is summarised
             _tensors(reader, found.path),
@@ -220,7 +211,7 @@ def analyze_checkpoint(
         error = e
     finally:
         acc.close()
-        pinned.__exit__(None, None, None)
+        pinned.close()
     if d.active:
         _exchange(d, acc, batch, error, final=True)
     elif error is not None:

@@ -31,13 +31,17 @@ _pinned = 0  # > 0 within `pinned_reads()`: reads land in page-locked memory
 
 
 @contextlib.contextmanager
-def pinned_reads() -> Iterator[None]:
-    """Within: `empty` (so every positional read) allocates page-locked host memory, from
+def pinned_reads(*, enabled: bool = True) -> Iterator[None]:
+    """Within (when `enabled`: the reductions run on a GPU): `empty`, so every positional read,
+    allocates page-locked host memory, from
     torch's caching host allocator rather than this pool. A chunk then goes to the GPU in one
     asynchronous DMA straight from the bytes read (`pin_memory()` of a pinned tensor is the tensor
     itself): no staging copy. The caching allocator, not a refcount, decides when a block may be
     reused: it waits for the copies recorded on it, so a block is never overwritten mid-copy."""
     global _pinned
+    if not enabled:
+        yield
+        return
     with _lock:
         _pinned += 1
     try:

@@ -36,7 +36,7 @@ from adamscope.errors import (
 from adamscope.readers import guard
 from adamscope.readers.base import child_path
 from adamscope.readers.optim_state import hyper_params
-from adamscope.readers.torchzip import member_data_start, read_member
+from adamscope.readers.torchzip import WindowFile, member_data_start, read_member
 from adamscope.readers.unpickler import check_pickle
 from adamscope.vocab import CheckpointInfo, TensorState
 
@@ -279,7 +279,7 @@ class _BlobTensor:
         self.chunk = chunk
         _check_span(chunk)
         with open(chunk.file, "rb") as f:
-            view = _SliceFile(f, chunk.byte_offset, chunk.length)
+            view = WindowFile(f, chunk.byte_offset, chunk.length)
             try:
                 zf = zipfile.ZipFile(view)
             except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
@@ -374,37 +374,6 @@ def _blob_tensor(data: bytes, file: Path) -> tuple:
         _BLOB_PICKLES.clear()
     _BLOB_PICKLES[data] = found[0]
     return found[0]
-
-
-class _SliceFile(io.RawIOBase):
-    """A read-only, seekable window [base, base+length) of an open file (one blob for zipfile)."""
-
-    def __init__(self, f: io.BufferedReader, base: int, length: int) -> None:
-        self.f, self.base, self.length, self.pos = f, base, length, 0
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = {0: pos, 1: self.pos + pos, 2: self.length + pos}[whence]
-        return self.pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
-        data = os.pread(self.f.fileno(), max(0, n), self.base + self.pos)
-        self.pos += len(data)
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 _SMALL_BYTES = 64 << 20  # a step, an lr, a param-group `params` list of names (~100 B per name)

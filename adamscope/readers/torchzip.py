@@ -396,6 +396,38 @@ def _bytes_view(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy()).cast("B")
 
 
+class WindowFile(io.RawIOBase):
+    """A read-only, seekable window [base, base+length) of an open file, for zipfile: one torch.save
+    blob inside a DCP `.distcp`, or the zip that repair edits in place."""
+
+    def __init__(self, f: Any, base: int, length: int) -> None:
+        self.f, self.base, self.length, self.pos = f, base, length, 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = {0: pos, 1: self.pos + pos, 2: self.length + pos}[whence]
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
+        data = os.pread(self.f.fileno(), max(0, n), self.base + self.pos)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
 def is_zip(path: Path) -> bool:
     """zipfile.is_zipfile, except that a damaged end record means False rather than an exception
     (is_zipfile lets BadZipFile out, e.g. for a fake multi-disk ZIP64 locator)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adamscope.errors import AdamscopeError, CorruptCheckpointError, UnsupportedFormatError
+from adamscope.readers.torchzip import WindowFile
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header, 30 bytes
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # central directory header, 46 bytes
@@ -63,33 +64,6 @@ class Entry:
     crc_fields: tuple[int, ...]  # central directory, local header (if set), data descriptor
 
 
-class _WindowFile(io.RawIOBase):
-    """A read-only, seekable view of `window` for zipfile."""
-
-    def __init__(self, f: Any, window: Window) -> None:
-        self.f, self.window, self.pos = f, window, 0
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = {0: pos, 1: self.pos + pos, 2: self.window.length + pos}[whence]
-        return self.pos
-
-    def readinto(self, b: Any) -> int:
-        n = max(0, min(len(b), self.window.length - self.pos))
-        data = os.pread(self.f.fileno(), n, self.window.base + self.pos)
-        b[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
 def entries(window: Window) -> dict[str, Entry]:
     """The entries of the zip in `window`, with the absolute offsets of their data and CRCs.
 
@@ -97,7 +71,10 @@ def entries(window: Window) -> dict[str, Entry]:
         CorruptCheckpointError: not a readable zip, or headers that point outside the window.
     """
     try:
-        with open(window.file, "rb") as f, zipfile.ZipFile(_WindowFile(f, window)) as zf:
+        with (
+            open(window.file, "rb") as f,
+            zipfile.ZipFile(WindowFile(f, window.base, window.length)) as zf,
+        ):
             infos = zf.infolist()
             central = os.pread(f.fileno(), window.length - zf.start_dir, window.base + zf.start_dir)
             cd_at = _central_offsets(central, window.base + zf.start_dir)

@@ -144,11 +144,13 @@ def summarize(ts: TensorState, cfg: StatsConfig, *, workers: int | None = None) 
                     )
                 # a moving average of squares: negative entries are corrupt bytes, and every
                 # reader's chunks pass here (NaN/Inf are counted as `nonfinite` instead)
-                if has_negative(vd):
-                    raise CorruptCheckpointError(
-                        f"'{ts.name}' exp_avg_sq has negative entries (at or after element "
-                        f"{(base or 0) + start}): not an Adam second moment, the state is corrupt"
-                    )
+                for key, x in (("exp_avg_sq", v), ("max_exp_avg_sq", vmax)):
+                    if x is not None and has_negative(x):
+                        raise CorruptCheckpointError(
+                            f"'{ts.name}' {key} has negative entries (at or after element "
+                            f"{(base or 0) + start}): not an Adam second moment, the state is "
+                            "corrupt"
+                        )
                 seen += n
                 bounds = [(n_blocks + j, s, s + block) for j, s in enumerate(range(0, n, block))]
                 n_blocks += len(bounds)

@@ -115,6 +115,19 @@ def test_negative_v_is_corrupt(tmp_path: Path, v: list[float]) -> None:
     _one_error(path, tmp_path, str(path), "exp_avg_sq has negative entries")
 
 
+@pytest.mark.parametrize("bad", ["exp_avg_sq", "max_exp_avg_sq"])
+def test_amsgrad_negative_moments_are_corrupt(tmp_path: Path, bad: str) -> None:
+    """With amsgrad both second moments are read (exp_avg_sq in the sums, max_exp_avg_sq in u):
+    a negative entry in either is refused, naming which."""
+    good, neg = torch.ones(6), torch.tensor([1.0, 2, -3, 4, 5, 6])
+    sd = _adam_sd(6, exp_avg_sq=neg if bad == "exp_avg_sq" else good,
+                  max_exp_avg_sq=neg if bad == "max_exp_avg_sq" else good)  # fmt: skip
+    sd["param_groups"][0]["amsgrad"] = True
+    path = tmp_path / "ams.pt"
+    torch.save(sd, path)
+    _one_error(path, tmp_path, str(path), f"'param.0' {bad} has negative entries")
+
+
 @pytest.mark.parametrize("kernel", ["numba", "torch"])
 def test_negative_v_refused_by_the_engine_whatever_the_reader(
     tmp_path: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
